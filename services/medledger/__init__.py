@@ -1,0 +1,1 @@
+"""medledger: consent, access audit and a shared BFT ledger for hospital consortia."""
