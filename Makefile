@@ -7,4 +7,4 @@ test:
 check:
 	python3 infra/dev.py check
 protos:
-	.venv/bin/python -m medledger._tools.genprotos
+	.venv/bin/python infra/genprotos.py
