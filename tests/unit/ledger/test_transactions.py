@@ -6,8 +6,8 @@ import pytest
 
 from medledger._gen.common.v1 import record_registration_pb2, transaction_pb2
 from medledger.crypto import SigningKey
-from medledger.ledger.transactions import (
-    LedgerTransactionRules,
+from medledger.ledger.transactions import LedgerTransactionRules
+from medledger.ledgerclient.transactions import (
     TransactionError,
     check_transaction,
     sign_transaction,

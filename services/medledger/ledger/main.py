@@ -1,0 +1,109 @@
+"""Wiring of one validator process: settings, block store, NATS, consensus, gRPC."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from medledger.core.auth import Authenticator, CallerIdentity, RejectAll, StaticTokens
+from medledger.core.errors import SettingsError
+from medledger.core.grpc_server import ReadinessCheck
+from medledger.core.nats_bus import NatsBus
+from medledger.core.service import ServiceApp
+from medledger.core.settings import CommonSettings
+from medledger.crypto.keys import load_signing_key
+from medledger.ledger.api import ledger_grpc_service
+from medledger.ledger.genesis import (
+    consensus_genesis,
+    load_genesis,
+    replica_config,
+    validator_index,
+)
+from medledger.ledger.node import Validator
+from medledger.ledger.store import BlockStore
+from medledger.ledger.transactions import LedgerTransactionRules
+
+
+class Settings(CommonSettings):
+    """Settings of a validator (MEDLEDGER_*)."""
+
+    service_name = "ledger"
+
+    grpc_port: int = 50054
+    genesis_file: Path = Path("./.medledger/genesis.json")
+    validator_key_file: Path = Path("./.medledger/validator.key")
+    validator_key_passphrase: SecretStr | None = None
+    api_tokens_file: Path | None = None
+
+
+def load_api_tokens(path: Path) -> StaticTokens:
+    """Bearer tokens for callers until identity-issued tokens are available.
+
+    The file maps token → {"principal": ..., "org": ..., "roles": [...]}; it is a
+    secret and should be mounted, never committed.
+    """
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        tokens = {
+            token: CallerIdentity(
+                principal_id=str(entry["principal"]),
+                org_id=str(entry["org"]),
+                roles=frozenset(str(r) for r in entry.get("roles", [])),
+            )
+            for token, entry in raw.items()
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise SettingsError(
+            "BAD_API_TOKENS_FILE", f"MEDLEDGER_API_TOKENS_FILE {path}: {exc}"
+        ) from exc
+    return StaticTokens(tokens)
+
+
+def build(settings: Settings) -> ServiceApp:
+    genesis = load_genesis(settings.genesis_file)
+    passphrase = (
+        settings.validator_key_passphrase.get_secret_value().encode()
+        if settings.validator_key_passphrase
+        else None
+    )
+    key = load_signing_key(settings.validator_key_file, passphrase=passphrase)
+    index = validator_index(genesis, key.public_key)
+    store = BlockStore(settings.data_dir / f"ledger-{genesis.chain_id}-{index}.db")
+    validator = Validator(
+        consensus_genesis(genesis),
+        index,
+        key,
+        store,
+        replica_config(genesis, index),
+        LedgerTransactionRules(genesis.chain_id, genesis.parameters.max_tx_bytes),
+    )
+    authenticator: Authenticator = (
+        load_api_tokens(settings.api_tokens_file) if settings.api_tokens_file else RejectAll()
+    )
+    app = ServiceApp(
+        name="ledger",
+        settings=settings,
+        services=[ledger_grpc_service(validator)],
+        authenticator=authenticator,
+        readiness_checks=[ReadinessCheck("block store open", lambda: store.is_open)],
+    )
+
+    async def start() -> None:
+        bus = await NatsBus.connect(
+            settings.nats_servers,
+            name=f"medledger-ledger-{index}",
+            creds_file=str(settings.nats_creds_file) if settings.nats_creds_file else None,
+            tls_ca_file=str(settings.nats_tls_ca_file) if settings.nats_tls_ca_file else None,
+        )
+        app.bus = bus
+        await validator.start(bus)
+
+    async def stop() -> None:
+        await validator.stop()
+        store.close()
+
+    app.on_startup = [start]
+    app.on_shutdown = [stop]
+    return app
