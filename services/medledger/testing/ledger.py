@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medledger._gen.common.v1 import record_registration_pb2, transaction_pb2
 from medledger._gen.ledger.v1 import ledger_service_pb2
 from medledger.core.nats_bus import NatsBus
 from medledger.crypto import SigningKey
@@ -23,7 +24,7 @@ from medledger.ledger.node import Validator
 from medledger.ledger.reads import validator_set_pb
 from medledger.ledger.store import BlockStore
 from medledger.ledger.transactions import LedgerTransactionRules
-from medledger.ledgerclient import LedgerClient
+from medledger.ledgerclient import LedgerClient, sign_transaction
 
 # Short timings so tests finalize quickly; production defaults live in the genesis.
 FAST_PARAMETERS = ConsensusParameters(
@@ -117,3 +118,94 @@ class LocalLedger:
 
     def running(self) -> list[Validator]:
         return [v for v in self.validators if v is not None]
+
+
+class ValidatorProcess:
+    """A validator run the way production runs it: `medledger serve ledger` in its own
+    process, configured by MEDLEDGER_* variables."""
+
+    def __init__(
+        self,
+        genesis_dir: Path,
+        organisation: str,
+        nats_urls: list[str],
+        data_dir: Path,
+        grpc_port: int | None = None,
+    ) -> None:
+        import os
+        import sys
+
+        from medledger.testing.processes import LoggedProcess, free_port
+
+        self.organisation = organisation
+        self.grpc_port = grpc_port or free_port()
+        self.data_dir = data_dir
+        env = dict(os.environ)
+        env.update(
+            {
+                "MEDLEDGER_ORG_ID": organisation,
+                "MEDLEDGER_DATA_DIR": str(data_dir),
+                "MEDLEDGER_GRPC_PORT": str(self.grpc_port),
+                "MEDLEDGER_NATS_URL": ",".join(nats_urls),
+                "MEDLEDGER_GENESIS_FILE": str(genesis_dir / "genesis.json"),
+                "MEDLEDGER_VALIDATOR_KEY_FILE": str(validator_key_path(genesis_dir, organisation)),
+                "MEDLEDGER_LOG_LEVEL": "INFO",
+                "MEDLEDGER_SHUTDOWN_GRACE_SECONDS": "3",
+            }
+        )
+        self.process = LoggedProcess(
+            [sys.executable, "-m", "medledger.cli.main", "serve", "ledger"],
+            data_dir / f"{organisation}-validator.log",
+            env=env,
+        )
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.process.start()
+        self.process.wait_until(
+            self.serving, timeout=timeout, what=f"{self.organisation} validator"
+        )
+
+    def serving(self) -> bool:
+        """True when the process answers gRPC health with SERVING."""
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        with grpc.insecure_channel(self.address) as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=0.5
+                )
+            except grpc.RpcError:
+                return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    def kill(self) -> None:
+        self.process.kill()
+
+    def stop(self) -> None:
+        self.process.stop()
+
+    def store_path(self, chain_id: str, index: int) -> Path:
+        return self.data_dir / f"ledger-{chain_id}-{index}.db"
+
+
+def record_tx(chain_id: str, key: SigningKey, nonce: int) -> bytes:
+    """A signed record-registration transaction carrying no PHI, for load and tests."""
+    body = transaction_pb2.TransactionBody(
+        chain_id=chain_id,
+        nonce=nonce,
+        created_at_unix_ms=1_700_000_000_000,
+        signer="organisations/org-a/principals/records",
+        record_registration=record_registration_pb2.RecordRegistration(
+            record=f"records/r{nonce}",
+            patient_pseudonym="patients/p-1",
+            ciphertext_sha256=bytes(32),
+            size_bytes=nonce,
+            custodian="organisations/org-a",
+        ),
+    )
+    return sign_transaction(body, key)
