@@ -7,33 +7,15 @@ import asyncio
 
 import pytest
 
-from medledger._gen.common.v1 import record_registration_pb2, transaction_pb2
+from medledger._gen.common.v1 import transaction_pb2
 from medledger.core.nats_bus import NatsBus
 from medledger.crypto import SigningKey
 from medledger.ledgerclient import (
     LedgerClientError,
-    sign_transaction,
     verify_block,
     verify_receipt,
 )
-from medledger.testing.ledger import LocalLedger
-
-
-def record_tx(chain_id: str, key: SigningKey, nonce: int) -> bytes:
-    body = transaction_pb2.TransactionBody(
-        chain_id=chain_id,
-        nonce=nonce,
-        created_at_unix_ms=1_700_000_000_000,
-        signer="organisations/org-a/principals/records",
-        record_registration=record_registration_pb2.RecordRegistration(
-            record=f"records/r{nonce}",
-            patient_pseudonym="patients/p-1",
-            ciphertext_sha256=bytes(32),
-            size_bytes=nonce,
-            custodian="organisations/org-a",
-        ),
-    )
-    return sign_transaction(body, key)
+from medledger.testing.ledger import LocalLedger, record_tx
 
 
 async def test_transactions_become_final_with_verifiable_receipts(
