@@ -1,0 +1,1 @@
+"""The records service: encrypted storage of clinical files and imaging studies."""
