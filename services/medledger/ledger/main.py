@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from pydantic import SecretStr
 
-from medledger.core.auth import Authenticator, CallerIdentity, RejectAll, StaticTokens
-from medledger.core.errors import SettingsError
 from medledger.core.grpc_server import ReadinessCheck
+from medledger.core.jwt_auth import JwtAuthenticator, NatsIdentityDirectory
 from medledger.core.nats_bus import NatsBus
 from medledger.core.service import ServiceApp
 from medledger.core.settings import CommonSettings
+from medledger.core.tokens import DEFAULT_AUDIENCE
 from medledger.crypto.keys import load_signing_key
 from medledger.ledger.api import ledger_grpc_service
 from medledger.ledger.genesis import (
@@ -35,30 +34,7 @@ class Settings(CommonSettings):
     genesis_file: Path = Path("./.medledger/genesis.json")
     validator_key_file: Path = Path("./.medledger/validator.key")
     validator_key_passphrase: SecretStr | None = None
-    api_tokens_file: Path | None = None
-
-
-def load_api_tokens(path: Path) -> StaticTokens:
-    """Bearer tokens for callers until identity-issued tokens are available.
-
-    The file maps token → {"principal": ..., "org": ..., "roles": [...]}; it is a
-    secret and should be mounted, never committed.
-    """
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        tokens = {
-            token: CallerIdentity(
-                principal_id=str(entry["principal"]),
-                org_id=str(entry["org"]),
-                roles=frozenset(str(r) for r in entry.get("roles", [])),
-            )
-            for token, entry in raw.items()
-        }
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise SettingsError(
-            "BAD_API_TOKENS_FILE", f"MEDLEDGER_API_TOKENS_FILE {path}: {exc}"
-        ) from exc
-    return StaticTokens(tokens)
+    token_audience: str = DEFAULT_AUDIENCE
 
 
 def build(settings: Settings) -> ServiceApp:
@@ -79,9 +55,10 @@ def build(settings: Settings) -> ServiceApp:
         replica_config(genesis, index),
         LedgerTransactionRules(genesis.chain_id, genesis.parameters.max_tx_bytes),
     )
-    authenticator: Authenticator = (
-        load_api_tokens(settings.api_tokens_file) if settings.api_tokens_file else RejectAll()
-    )
+    # Callers present identity-issued JWTs, checked against the issuing organisation's keys
+    # from the on-chain registry (answered by any organisation's identity service).
+    directory = NatsIdentityDirectory()
+    authenticator = JwtAuthenticator(directory, audience=settings.token_audience)
     app = ServiceApp(
         name="ledger",
         settings=settings,
@@ -98,9 +75,12 @@ def build(settings: Settings) -> ServiceApp:
             tls_ca_file=str(settings.nats_tls_ca_file) if settings.nats_tls_ca_file else None,
         )
         app.bus = bus
+        directory.bind(bus)
+        await directory.start()
         await validator.start(bus)
 
     async def stop() -> None:
+        await directory.stop()
         await validator.stop()
         store.close()
 
