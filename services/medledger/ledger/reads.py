@@ -8,7 +8,7 @@ from medledger._gen.ledger.v1 import ledger_bus_pb2
 from medledger._gen.ledger.v1 import ledger_service_pb2 as pb
 from medledger.core.errors import InvalidArgument, NotFound
 from medledger.ledger import codec
-from medledger.ledger.consensus.types import Block, FinalityCertificate, ValidatorSet
+from medledger.ledger.consensus.types import BlockHeader, FinalityCertificate, ValidatorSet
 from medledger.ledger.store import BlockStore
 from medledger.merkle import inclusion_proof
 
@@ -24,8 +24,7 @@ class TransactionNotFinal(NotFound):
     reason = "TX_NOT_FINAL"
 
 
-def header_pb(block: Block) -> pb.BlockHeader:
-    h = block.header
+def header_pb(h: BlockHeader) -> pb.BlockHeader:
     return pb.BlockHeader(
         chain_id=h.chain_id,
         height=h.height,
@@ -89,7 +88,7 @@ class LedgerReads:
         if stored is None:
             raise BlockNotFound("BLOCK_NOT_FOUND", f"no final block at height {height}")
         block = codec.decode_block(stored.block)
-        message = pb.Block(header=header_pb(block), hash=block.hash)
+        message = pb.Block(header=header_pb(block.header), hash=block.hash)
         if stored.certificate is not None:
             message.finality_certificate.CopyFrom(
                 certificate_pb(codec.decode_certificate(stored.certificate), self._validators)
@@ -143,7 +142,7 @@ class LedgerReads:
             height=location.height,
             index=location.index,
             inclusion_proof=inclusion_proof(list(block.transactions), location.index),
-            header=header_pb(block),
+            header=header_pb(block.header),
             finality_certificate=certificate_pb(
                 codec.decode_certificate(stored.certificate), self._validators
             ),

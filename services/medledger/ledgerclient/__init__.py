@@ -8,6 +8,7 @@ from medledger.ledgerclient.lightclient import (
     validator_set_hash,
     verify_block,
     verify_certificate,
+    verify_header_chain,
     verify_receipt,
 )
 from medledger.ledgerclient.transactions import (
@@ -31,5 +32,6 @@ __all__ = [
     "validator_set_hash",
     "verify_block",
     "verify_certificate",
+    "verify_header_chain",
     "verify_receipt",
 ]

@@ -8,6 +8,8 @@ FINALITY over (chain id, height, block hash) — docs/ledger.md.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 from medledger._gen.ledger.v1 import ledger_service_pb2 as pb
 from medledger.crypto import KeyFormatError, SigningContext, VerifyKey, sha256
 from medledger.ledgerclient.encoding import finality_payload, header_bytes, validator_set_digest
@@ -128,3 +130,53 @@ def verify_receipt(receipt: pb.TransactionReceipt, validators: pb.ValidatorSet) 
         )
     except ProofError as exc:
         raise LightClientError("BAD_INCLUSION_PROOF", str(exc)) from exc
+
+
+def verify_header_chain(
+    trusted: pb.ValidatorSet,
+    chain: Sequence[pb.Block],
+    validator_sets: Mapping[bytes, pb.ValidatorSet] | None = None,
+    trusted_header: pb.BlockHeader | None = None,
+) -> pb.BlockHeader:
+    """Verify consecutive certified blocks starting under the `trusted` validator set.
+
+    Each block must carry its finality certificate; transactions may be omitted
+    (header-only). `trusted_header`, if given (e.g. the genesis block's), is the header
+    the first block must directly extend. A header whose next_validator_set_hash names
+    another set hands over to it: `validator_sets` supplies such sets by hash. Returns
+    the last verified header; raises LightClientError naming the first failure.
+    """
+    if not chain:
+        raise LightClientError("EMPTY_CHAIN", "no blocks to verify")
+    sets = dict(validator_sets or {})
+    current = trusted
+    current_hash = validator_set_hash(current)
+    previous = trusted_header
+    previous_hash = None if previous is None else header_hash(previous)
+    for block in chain:
+        header = block.header
+        if previous is not None:
+            if header.height != previous.height + 1:
+                raise LightClientError(
+                    "BROKEN_CHAIN", f"height {header.height} does not follow {previous.height}"
+                )
+            if header.previous_hash != previous_hash:
+                raise LightClientError(
+                    "BROKEN_CHAIN", f"block {header.height} does not link to its parent"
+                )
+            if header.timestamp_unix_ms <= previous.timestamp_unix_ms:
+                raise LightClientError(
+                    "BAD_TIMESTAMP", f"block {header.height} is not after its parent"
+                )
+        verify_block(block, current)
+        if header.next_validator_set_hash != current_hash:
+            following = sets.get(header.next_validator_set_hash)
+            if following is None or validator_set_hash(following) != header.next_validator_set_hash:
+                raise LightClientError(
+                    "UNKNOWN_NEXT_VALIDATOR_SET",
+                    f"block {header.height} hands over to a validator set not supplied",
+                )
+            current, current_hash = following, header.next_validator_set_hash
+        previous, previous_hash = header, header_hash(header)
+    assert previous is not None
+    return previous

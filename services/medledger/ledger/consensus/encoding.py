@@ -1,5 +1,8 @@
 """Canonical byte layouts that are hashed or signed (specified in docs/ledger.md).
 
+The header, validator-set and finality layouts are defined once, in
+medledger.ledgerclient.encoding, because light clients recompute them; the
+consensus-internal layouts (proposal, vote, timeout, parameters) live here.
 Integers are big-endian and fixed width (u32 or u64); byte strings and UTF-8 text are
 prefixed by their u32 length; each layout starts with a length-prefixed version tag,
 so a later layout can never be mistaken for this one.
@@ -7,10 +10,29 @@ so a later layout can never be mistaken for this one.
 
 from __future__ import annotations
 
-import struct
 from typing import TYPE_CHECKING
 
 from medledger.crypto import sha256
+from medledger.ledgerclient.encoding import (
+    finality_payload,
+    header_bytes,
+    lp,
+    text,
+    u64,
+    validator_set_bytes,
+)
+
+__all__ = [
+    "encode_header",
+    "encode_parameters",
+    "encode_validator_set",
+    "finality_payload",
+    "header_hash",
+    "proposal_payload",
+    "timeout_payload",
+    "validator_set_hash",
+    "vote_payload",
+]
 
 if TYPE_CHECKING:
     from medledger.ledger.consensus.types import (
@@ -19,49 +41,23 @@ if TYPE_CHECKING:
         ValidatorSet,
     )
 
-HEADER_TAG = b"medledger.ledger.block-header.v1"
-VALIDATOR_SET_TAG = b"medledger.ledger.validator-set.v1"
 PARAMETERS_TAG = b"medledger.ledger.chain-parameters.v1"
 PROPOSAL_TAG = b"medledger.ledger.proposal.v1"
 VOTE_TAG = b"medledger.ledger.vote.v1"
 TIMEOUT_TAG = b"medledger.ledger.timeout.v1"
-FINALITY_TAG = b"medledger.ledger.finality.v1"
-
-_U32 = struct.Struct(">I")
-_U64 = struct.Struct(">Q")
-
-
-def u32(value: int) -> bytes:
-    return _U32.pack(value)
-
-
-def u64(value: int) -> bytes:
-    return _U64.pack(value)
-
-
-def lp(value: bytes) -> bytes:
-    """Length-prefixed bytes: u32 length || bytes."""
-    return _U32.pack(len(value)) + value
-
-
-def text(value: str) -> bytes:
-    return lp(value.encode("utf-8"))
 
 
 def encode_header(header: BlockHeader) -> bytes:
-    return b"".join(
-        (
-            lp(HEADER_TAG),
-            text(header.chain_id),
-            u64(header.height),
-            u64(header.round),
-            lp(header.parent_hash),
-            lp(header.tx_root),
-            lp(header.validator_set_hash),
-            lp(header.next_validator_set_hash),
-            u32(header.proposer),
-            u64(header.timestamp_unix_ms),
-        )
+    return header_bytes(
+        chain_id=header.chain_id,
+        height=header.height,
+        round_=header.round,
+        parent_hash=header.parent_hash,
+        tx_root=header.tx_root,
+        validator_set_hash=header.validator_set_hash,
+        next_validator_set_hash=header.next_validator_set_hash,
+        proposer=header.proposer,
+        timestamp_unix_ms=header.timestamp_unix_ms,
     )
 
 
@@ -71,10 +67,9 @@ def header_hash(header: BlockHeader) -> bytes:
 
 
 def encode_validator_set(validators: ValidatorSet) -> bytes:
-    parts = [lp(VALIDATOR_SET_TAG), u32(len(validators.validators))]
-    for v in validators.validators:
-        parts += [text(v.name), text(v.organisation), lp(v.public_key), u64(v.power)]
-    return b"".join(parts)
+    return validator_set_bytes(
+        (v.name, v.organisation, v.public_key, v.power) for v in validators.validators
+    )
 
 
 def validator_set_hash(validators: ValidatorSet) -> bytes:
@@ -103,7 +98,3 @@ def vote_payload(chain_id: str, block_hash: bytes, height: int, round_: int) -> 
 
 def timeout_payload(chain_id: str, round_: int, high_qc_round: int) -> bytes:
     return lp(TIMEOUT_TAG) + text(chain_id) + u64(round_) + u64(high_qc_round)
-
-
-def finality_payload(chain_id: str, height: int, block_hash: bytes) -> bytes:
-    return lp(FINALITY_TAG) + text(chain_id) + u64(height) + lp(block_hash)

@@ -1,4 +1,4 @@
-"""Finality certificates and the light client, including tampered inputs."""
+"""Finality certificates, including tampered inputs (light client: test_lightclient.py)."""
 
 from __future__ import annotations
 
@@ -9,17 +9,11 @@ from consensus_harness import CHAIN, Forge, make_genesis, make_keys, make_valida
 
 from medledger.ledger.consensus import (
     Block,
-    BlockHeader,
     FinalityCertificate,
     ValidatorSignature,
     VerificationError,
     verify_finality_certificate,
 )
-from medledger.ledger.lightclient import (
-    verify_header_chain,
-    verify_transaction_inclusion,
-)
-from medledger.merkle import inclusion_proof
 
 
 @pytest.fixture
@@ -71,85 +65,3 @@ def test_a_quorum_certificate_verifies_and_tampering_is_caught(forge: Forge) -> 
     strangers = make_validator_set(make_keys(4, b"strangers"))
     with pytest.raises(VerificationError):
         verify_finality_certificate(good, strangers, CHAIN)
-
-
-def test_light_client_verifies_a_chain_of_certified_headers(forge: Forge) -> None:
-    blocks = chain_of(forge, 5)
-    chain = [(b.header, forge.certificate(b)) for b in blocks]
-    last = verify_header_chain(
-        forge.genesis.validators, CHAIN, chain, trusted_header=forge.root.header
-    )
-    assert last == blocks[-1].header
-    # and a transaction's inclusion under the verified header
-    txs = list(blocks[2].transactions)
-    proof = inclusion_proof(txs, 1)
-    verify_transaction_inclusion(blocks[2].header, txs[1], 1, len(txs), proof)
-    with pytest.raises(VerificationError) as raised:
-        verify_transaction_inclusion(blocks[2].header, b"ok:forged", 1, len(txs), proof)
-    assert raised.value.reason == "BAD_INCLUSION_PROOF"
-
-
-def test_light_client_rejects_broken_chains(forge: Forge) -> None:
-    validators = forge.genesis.validators
-    blocks = chain_of(forge, 4)
-    chain = [(b.header, forge.certificate(b)) for b in blocks]
-
-    def reason(bad: list[tuple[BlockHeader, FinalityCertificate]]) -> str:
-        with pytest.raises(VerificationError) as raised:
-            verify_header_chain(
-                validators,
-                CHAIN,
-                bad,
-                trusted_header=forge.root.header,
-            )
-        return raised.value.reason
-
-    # A header altered after certification no longer matches its certificate.
-    tampered = replace(blocks[1].header, timestamp_unix_ms=blocks[1].header.timestamp_unix_ms + 5)
-    assert reason([chain[0], (tampered, chain[1][1]), *chain[2:]]) == "CERTIFICATE_MISMATCH"
-    assert reason([chain[0], chain[2], chain[3]]) == "BROKEN_CHAIN"  # a gap
-    assert reason([chain[1], chain[0]]) == "BROKEN_CHAIN"
-    # A certified block on a fork does not link to the trusted chain.
-    fork = forge.block(blocks[0], 7, (b"ok:fork",))
-    fork_entry = (fork.header, forge.certificate(fork))
-    assert reason([chain[0], fork_entry, chain[2]]) == "BROKEN_CHAIN"
-    # Certificates swapped between heights.
-    assert reason([(chain[0][0], chain[1][1]), chain[1]]) == "CERTIFICATE_MISMATCH"
-    too_few = replace(chain[0][1], signatures=chain[0][1].signatures[:2])
-    assert reason([(chain[0][0], too_few)]) == "NO_QUORUM"
-    with pytest.raises(VerificationError):
-        verify_header_chain(validators, CHAIN, [])
-
-
-def test_light_client_follows_a_validator_set_change(forge: Forge) -> None:
-    new_keys = make_keys(4, b"next-epoch")
-    new_set = make_validator_set(new_keys)
-    b1 = chain_of(forge, 1)[0]
-    handover = replace(b1.header, next_validator_set_hash=new_set.hash)
-    b1 = Block(handover, b1.transactions, b1.justify)
-    next_forge = Forge(new_keys, replace(forge.genesis, validators=new_set))
-    b2_header = replace(
-        next_forge.block(b1, 2, (b"ok:2",)).header,
-        validator_set_hash=new_set.hash,
-        next_validator_set_hash=new_set.hash,
-    )
-    b2 = Block(b2_header, (b"ok:2",), forge.qc(b1))
-    chain = [(b1.header, forge.certificate(b1)), (b2.header, next_forge.certificate(b2))]
-
-    last = verify_header_chain(
-        forge.genesis.validators,
-        CHAIN,
-        chain,
-        validator_sets={new_set.hash: new_set},
-        trusted_header=forge.root.header,
-    )
-    assert last == b2.header
-    with pytest.raises(VerificationError) as raised:
-        verify_header_chain(forge.genesis.validators, CHAIN, chain)
-    assert raised.value.reason == "UNKNOWN_NEXT_VALIDATOR_SET"
-    # The old validators cannot certify a block after they handed over.
-    stale = [chain[0], (b2.header, forge.certificate(b2))]
-    with pytest.raises(VerificationError):
-        verify_header_chain(
-            forge.genesis.validators, CHAIN, stale, validator_sets={new_set.hash: new_set}
-        )
