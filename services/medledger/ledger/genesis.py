@@ -67,7 +67,9 @@ class ConsensusParameters(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_block_txs: int = Field(default=4000, ge=1, le=100_000)
-    max_block_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    # A proposal travels as one NATS message: keep blocks under NATS's max_payload
+    # (1 MiB by default; raise both together).
+    max_block_bytes: int = Field(default=768 * 1024, ge=1024, le=64 * 1024 * 1024)
     max_tx_bytes: int = Field(default=64 * 1024, ge=256, le=1024 * 1024)
     round_timeout_ms: int = Field(default=1500, ge=50)
     max_round_timeout_ms: int = Field(default=30_000, ge=50)

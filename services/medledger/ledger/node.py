@@ -32,8 +32,11 @@ from medledger.ledger.consensus.types import (
     Block,
     FinalityCertificate,
     Genesis,
+    Message,
     Output,
     Rejection,
+    SyncResponse,
+    TransactionBatch,
 )
 from medledger.ledger.reads import LedgerReads
 from medledger.ledger.store import BlockStore, TransactionLocation
@@ -84,6 +87,8 @@ _REJECTION_ERRORS: dict[str, type[InvalidArgument | PermissionDenied | ResourceE
     "TX_BAD_SIGNATURE": PermissionDenied,
     "TX_BAD_SIGNER_KEY": PermissionDenied,
 }
+_ENVELOPE_HEADROOM = 4096
+
 _ALREADY_KNOWN = {"DUPLICATE", "ALREADY_PENDING", "ALREADY_FINAL", "DUPLICATE_TRANSACTION"}
 
 
@@ -320,16 +325,20 @@ class Validator:
         task.add_done_callback(self._tasks.discard)
 
     def _send(self, output: Output) -> None:
+        assert self._bus is not None
         chain = self.genesis.chain_id
+        # NATS refuses payloads over the server's max_payload (1 MiB by default), so
+        # batches that may grow past it are split; a block alone is bounded by the genesis.
+        limit = self._bus.client.max_payload - _ENVELOPE_HEADROOM
         for outbound in output.messages:
-            data = codec.encode_message(chain, self.index, outbound.message)
-            targets = (
-                [i for i in range(self.genesis.validators.size) if i != self.index]
-                if outbound.to is None
-                else [outbound.to]
-            )
-            for target in targets:
-                self._spawn(self._publish(subjects.consensus(chain, target), data))
+            for data in _encode_within(chain, self.index, outbound.message, limit):
+                targets = (
+                    [i for i in range(self.genesis.validators.size) if i != self.index]
+                    if outbound.to is None
+                    else [outbound.to]
+                )
+                for target in targets:
+                    self._spawn(self._publish(subjects.consensus(chain, target), data))
 
     async def _publish(self, subject: str, data: bytes) -> None:
         assert self._bus is not None
@@ -363,3 +372,29 @@ class Validator:
                 pass
             self._deadline = None
             self._apply(self.replica.tick(self._now()))
+
+
+def _encode_within(chain: str, sender: int, message: Message, limit: int) -> list[bytes]:
+    """Encodings of `message`, split into several messages of the same kind when a
+    transaction batch or sync response would exceed `limit` bytes."""
+    data = codec.encode_message(chain, sender, message)
+    if len(data) <= limit:
+        return [data]
+    if isinstance(message, TransactionBatch) and len(message.transactions) > 1:
+        half = len(message.transactions) // 2
+        parts: list[Message] = [
+            TransactionBatch(message.transactions[:half]),
+            TransactionBatch(message.transactions[half:]),
+        ]
+    elif isinstance(message, SyncResponse) and len(message.blocks) > 1:
+        half = len(message.blocks) // 2
+        parts = [SyncResponse(message.blocks[:half]), SyncResponse(message.blocks[half:])]
+    else:
+        _log.error(
+            "consensus message too large to send",
+            kind=type(message).__name__,
+            size=len(data),
+            limit=limit,
+        )
+        return []
+    return [d for part in parts for d in _encode_within(chain, sender, part, limit)]

@@ -80,3 +80,25 @@ def test_missing_required_parts_are_refused() -> None:
     env = pb.ConsensusEnvelope(chain_id="c", sender=1, proposal=pb.Proposal(signature=SIG))
     with pytest.raises(codec.DecodeError, match="block"):
         codec.decode_message(env.SerializeToString())
+
+
+def test_oversized_batches_are_split_to_fit_the_bus() -> None:
+    from medledger.ledger.node import _encode_within
+
+    batch = TransactionBatch(tuple(bytes([i]) * 1000 for i in range(100)))
+    pieces = _encode_within("c", 1, batch, 10_000)
+    assert len(pieces) > 1
+    assert all(len(p) <= 10_000 for p in pieces)
+    decoded = [codec.decode_message(p)[2] for p in pieces]
+    assert all(isinstance(d, TransactionBatch) for d in decoded)
+    rebuilt = [tx for d in decoded if isinstance(d, TransactionBatch) for tx in d.transactions]
+    assert tuple(rebuilt) == batch.transactions
+
+    sync = SyncResponse(tuple(CertifiedBlock(BLOCK, CERT) for _ in range(50)))
+    pieces = _encode_within("c", 1, sync, 2_000)
+    assert all(len(p) <= 2_000 for p in pieces)
+    synced = [codec.decode_message(p)[2] for p in pieces]
+    assert sum(len(d.blocks) for d in synced if isinstance(d, SyncResponse)) == 50
+
+    # A single block that cannot fit is not sent at all (and logged), never truncated.
+    assert _encode_within("c", 1, BlockResponse(BLOCK), 10) == []
