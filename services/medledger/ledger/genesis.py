@@ -19,6 +19,8 @@ from medledger.ledger.consensus.config import ReplicaConfig
 from medledger.ledger.consensus.types import ChainParameters, ValidatorInfo, ValidatorSet
 from medledger.ledger.consensus.types import Genesis as ConsensusGenesis
 
+DEFAULT_MEMPOOL_CAPACITY = 20_000
+
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
@@ -204,8 +206,11 @@ def consensus_genesis(genesis: Genesis) -> ConsensusGenesis:
     )
 
 
-def replica_config(genesis: Genesis, index: int) -> ReplicaConfig:
-    """Replica timings from the genesis parameters for validator `index`."""
+def replica_config(
+    genesis: Genesis, index: int, mempool_capacity: int = DEFAULT_MEMPOOL_CAPACITY
+) -> ReplicaConfig:
+    """Replica settings for validator `index`: timings from the genesis parameters,
+    the mempool size from the validator's own settings."""
     p = genesis.parameters
     return ReplicaConfig(
         genesis=consensus_genesis(genesis),
@@ -213,6 +218,7 @@ def replica_config(genesis: Genesis, index: int) -> ReplicaConfig:
         round_timeout=p.round_timeout_ms / 1000,
         max_round_timeout=p.max_round_timeout_ms / 1000,
         idle_interval=p.idle_block_interval_ms / 1000,
+        mempool_capacity=mempool_capacity,
     )
 
 

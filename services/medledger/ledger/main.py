@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 
 from medledger.core.grpc_server import ReadinessCheck
 from medledger.core.jwt_auth import JwtAuthenticator, NatsIdentityDirectory
@@ -15,6 +15,7 @@ from medledger.core.tokens import DEFAULT_AUDIENCE
 from medledger.crypto.keys import load_signing_key
 from medledger.ledger.api import ledger_grpc_service
 from medledger.ledger.genesis import (
+    DEFAULT_MEMPOOL_CAPACITY,
     consensus_genesis,
     load_genesis,
     replica_config,
@@ -35,6 +36,7 @@ class Settings(CommonSettings):
     validator_key_file: Path = Path("./.medledger/validator.key")
     validator_key_passphrase: SecretStr | None = None
     token_audience: str = DEFAULT_AUDIENCE
+    mempool_capacity: int = Field(default=DEFAULT_MEMPOOL_CAPACITY, ge=1, le=1_000_000)
 
 
 def build(settings: Settings) -> ServiceApp:
@@ -52,7 +54,7 @@ def build(settings: Settings) -> ServiceApp:
         index,
         key,
         store,
-        replica_config(genesis, index),
+        replica_config(genesis, index, settings.mempool_capacity),
         LedgerTransactionRules(genesis.chain_id, genesis.parameters.max_tx_bytes),
     )
     # Callers present identity-issued JWTs, checked against the issuing organisation's keys

@@ -41,6 +41,7 @@ class LocalLedger:
     size: int = 4
     chain_id: str = "medledger-test"
     parameters: ConsensusParameters = FAST_PARAMETERS
+    mempool_capacity: int = 20_000
     genesis: Genesis = field(init=False)
     validators: list[Validator | None] = field(init=False, default_factory=list)
     _buses: list[NatsBus | None] = field(init=False, default_factory=list)
@@ -90,7 +91,7 @@ class LocalLedger:
             index,
             self.validator_key(index),
             store,
-            replica_config(self.genesis, index),
+            replica_config(self.genesis, index, self.mempool_capacity),
             LedgerTransactionRules(self.genesis.chain_id, self.genesis.parameters.max_tx_bytes),
         )
         bus = await NatsBus.connect(self.nats_url, name=f"medledger-validator-{index}")
