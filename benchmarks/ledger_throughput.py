@@ -167,7 +167,8 @@ def main() -> None:
         f"({figures['final']} final of {figures['submitted']} submitted)"
     )
     print(
-        f"finality:  p50 {figures['finality_p50_ms']:.0f} ms, p99 {figures['finality_p99_ms']:.0f} ms"
+        f"finality:  p50 {figures['finality_p50_ms']:.0f} ms, "
+        f"p99 {figures['finality_p99_ms']:.0f} ms"
     )
     print(
         f"reference: Ed25519 verify {figures['ed25519_verify_per_s_one_core']:.0f}/s on one core; "
@@ -175,7 +176,8 @@ def main() -> None:
         f"({figures['cores']} cores / {figures['validators']} validators); ratio {ratio:.2f}"
     )
     print(
-        f"blocks:    {figures['blocks']} ({figures['mean_txs_per_block']:.0f} txs each on average), "
+        f"blocks:    {figures['blocks']} "
+        f"({figures['mean_txs_per_block']:.0f} txs each on average), "
         f"{figures['rounds_without_block']} rounds timed out"
     )
     print("targets:   >= 1500 tx/s with p99 < 1000 ms (goal 4000 tx/s)")

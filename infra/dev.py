@@ -21,7 +21,7 @@ STAMP = VENV / ".medledger-installed"
 
 
 def _ensure_venv() -> None:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 -- this script may be run by an older python3
         sys.exit(f"medledger needs Python 3.11 or newer; this is {sys.version.split()[0]}")
     if not (BIN / "python").exists():
         print(f"creating virtualenv in {VENV}", flush=True)
