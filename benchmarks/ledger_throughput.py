@@ -5,7 +5,7 @@ clients submit signed transactions as fast as they are accepted for a fixed
 duration. Prints committed tx/s and finality latency p50/p99 (submission →
 block final and certified, seen by a follower fetching blocks), and, measured
 in the same run, this machine's Ed25519 verify rate and the ceiling it implies
-(cores × verify rate ÷ validators: every validator verifies every transaction).
+(cores x verify rate / validators: every validator verifies every transaction).
 The last line is one JSON object with the figures.
 
     .venv/bin/python benchmarks/ledger_throughput.py [--duration 20] [--concurrency 256]
