@@ -32,9 +32,12 @@ import psycopg
 from psycopg import sql
 
 from medledger._gen.common.v1 import access_pb2, actor_pb2, audit_event_pb2
+from medledger.audit.service import AuditLog, LogIdentity
+from medledger.audit.store import open_store
 from medledger.core.audit_events import AUDIT_STREAM, audit_subject, ensure_audit_stream
 from medledger.core.embedded_nats import EmbeddedNats
 from medledger.core.nats_bus import NatsBus
+from medledger.crypto import SigningKey
 from medledger.testing.fixtures import dsn_with_search_path
 from medledger.testing.ledger import LocalLedger
 from medledger.testing.processes import LoggedProcess, free_port
@@ -252,6 +255,20 @@ async def purge(bus: NatsBus) -> None:
     await ensure_audit_stream(bus)
 
 
+async def append_phase(database_url: str, events: int = 60_000, batch: int = 2000) -> float:
+    """The log's own append capacity (parse, hash, durable store), without the bus."""
+    log = AuditLog(open_store(database_url), LogIdentity("bench/audit", "s", SigningKey.generate()))
+    await log.open()
+    data = [event_bytes(i, "bench")[1] for i in range(events)]
+    try:
+        start = time.perf_counter()
+        for offset in range(0, events, batch):
+            await log.append(data[offset : offset + batch], offset + batch)
+        return events / (time.perf_counter() - start)
+    finally:
+        await log.close()
+
+
 async def reference_rate(bus: NatsBus, seconds: float) -> float:
     await purge(bus)
     sent, elapsed, _ = await publish_for(bus, "reference", seconds)
@@ -288,12 +305,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         (work / "sqlite").mkdir()
         sqlite = await ingest_phase(bus, nats.url, work / "sqlite", sqlite_url, args.duration)
         sqlite["ratio_to_jetstream"] = sqlite["end_to_end_rate"] / reference
+        sqlite["log_append_rate"] = await append_phase(f"sqlite:///{work / 'append.sqlite3'}")
         sqlite["target"] = SQLITE_TARGET
         results["sqlite"] = sqlite
         print(
             f"SQLite: {sqlite['end_to_end_rate']:,.0f} events/s end to end "
             f"({sqlite['events']:,.0f} events, {sqlite['ratio_to_jetstream']:.2f} of raw publish; "
-            f"target {SQLITE_TARGET:,})"
+            f"target {SQLITE_TARGET:,}); log append alone {sqlite['log_append_rate']:,.0f}/s"
         )
 
         if args.pg_dsn:
@@ -304,12 +322,17 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             finally:
                 drop_schema(args.pg_dsn, pg_url)
             pg["ratio_to_jetstream"] = pg["end_to_end_rate"] / reference
+            append_url = postgres_url(args.pg_dsn)
+            try:
+                pg["log_append_rate"] = await append_phase(append_url)
+            finally:
+                drop_schema(args.pg_dsn, append_url)
             pg["target"] = POSTGRES_TARGET
             results["postgresql"] = pg
             print(
                 f"PostgreSQL: {pg['end_to_end_rate']:,.0f} events/s end to end "
                 f"({pg['events']:,.0f} events, {pg['ratio_to_jetstream']:.2f} of raw publish; "
-                f"target {POSTGRES_TARGET:,})"
+                f"target {POSTGRES_TARGET:,}); log append alone {pg['log_append_rate']:,.0f}/s"
             )
 
         (work / "anchor").mkdir()
