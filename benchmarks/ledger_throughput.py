@@ -111,7 +111,7 @@ async def run(duration: float, concurrency: int, workdir: Path) -> dict[str, flo
                 now = time.perf_counter()
                 for block in batch.blocks:
                     for tx in block.transactions:
-                        final_at[tx.body and transaction_id(tx.body).hex()] = now
+                        final_at[transaction_id(tx.body).hex()] = now
                     height += 1
                 if not batch.blocks:
                     if time.perf_counter() > stop_at and all(t in final_at for t in submitted_at):
