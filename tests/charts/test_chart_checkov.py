@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chart_rendering import REPO_ROOT, rendered_text, value_sets
+
+from tests.charts.chart_rendering import REPO_ROOT, rendered_text, value_sets
 
 CHECKOV_VERSION = "3.3.30"
 CHECKOV_VENV = REPO_ROOT / ".venv-checkov"

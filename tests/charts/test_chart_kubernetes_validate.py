@@ -6,7 +6,8 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-from chart_rendering import Manifest, rendered_manifests, value_sets
+
+from tests.charts.chart_rendering import Manifest, rendered_manifests, value_sets
 
 KUBERNETES_VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
 

@@ -7,7 +7,8 @@ from typing import Any
 
 import helm_python as helm
 import pytest
-from chart_rendering import (
+
+from tests.charts.chart_rendering import (
     CHART_DIR,
     containers,
     manifests_of,

@@ -8,7 +8,8 @@ from typing import Any
 
 import helm_python as helm
 import pytest
-from chart_rendering import CHART_DIR, chart, render_templates, value_sets
+
+from tests.charts.chart_rendering import CHART_DIR, chart, render_templates, value_sets
 
 
 @pytest.mark.parametrize(

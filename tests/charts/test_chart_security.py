@@ -6,7 +6,8 @@ import base64
 from typing import Any
 
 import pytest
-from chart_rendering import (
+
+from tests.charts.chart_rendering import (
     Manifest,
     containers,
     named,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import tomllib
 
-from chart_rendering import REPO_ROOT, chart
+from tests.charts.chart_rendering import REPO_ROOT, chart
 
 DOCKERFILE = REPO_ROOT / "infra" / "Dockerfile"
 

@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from chart_rendering import CHART_DIR
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from medledger.testing.processes import free_port
+from tests.charts.chart_rendering import CHART_DIR
 
 SCRIPT = CHART_DIR / "files" / "helm_test.py"
 

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chart_rendering import CHART_DIR, INFRA_DIR, load_yaml, split_documents
+
+from tests.charts.chart_rendering import CHART_DIR, INFRA_DIR, load_yaml, split_documents
 
 HELMFILE = INFRA_DIR / "helmfile.yaml"
 ENVIRONMENTS = ("production", "kind")

@@ -1,5 +1,5 @@
 """Fixtures of the audit integration tests (defined in audit_helpers)."""
 
-from audit_helpers import audit_process
+from tests.integration.audit.audit_helpers import audit_process
 
 __all__ = ["audit_process"]

@@ -20,16 +20,6 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
-from audit_helpers import (
-    AUDITOR_TOKEN,
-    OTHER_PATIENT_TOKEN,
-    PATIENT_TOKEN,
-    PRACTITIONER_TOKEN,
-    audit_event,
-    publish_burst,
-    purge_audit_stream,
-    write_tokens,
-)
 
 from medledger._gen.audit.v1 import audit_service_pb2 as pb
 from medledger._gen.audit.v1 import audit_service_pb2_grpc as pb_grpc
@@ -48,6 +38,16 @@ from medledger.core.service import serve
 from medledger.merkle import leaf_hash, verify_consistency, verify_inclusion
 from medledger.testing.ledger import LocalLedger
 from medledger.testing.processes import free_port
+from tests.integration.audit.audit_helpers import (
+    AUDITOR_TOKEN,
+    OTHER_PATIENT_TOKEN,
+    PATIENT_TOKEN,
+    PRACTITIONER_TOKEN,
+    audit_event,
+    publish_burst,
+    purge_audit_stream,
+    write_tokens,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -7,10 +7,15 @@ import asyncio
 import sqlite3
 
 import pytest
-from audit_helpers import AuditProcess, audit_event, publish_burst, purge_audit_stream
 
 from medledger.core.nats_bus import NatsBus
 from medledger.merkle import root_hash
+from tests.integration.audit.audit_helpers import (
+    AuditProcess,
+    audit_event,
+    publish_burst,
+    purge_audit_stream,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from audit_helpers import audit_event
 
 from medledger._gen.common.v1 import access_pb2
 from medledger.audit import merkle_log
@@ -18,6 +17,7 @@ from medledger.audit.service import AuditLog, LogIdentity
 from medledger.audit.store import AuditStore, open_store
 from medledger.crypto import SigningKey
 from medledger.merkle import root_hash
+from tests.integration.audit.audit_helpers import audit_event
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from consensus_harness import CHAIN, Forge, make_genesis, make_keys, make_validator_set
 
 from medledger.ledger.consensus import (
     Block,
@@ -13,6 +12,13 @@ from medledger.ledger.consensus import (
     ValidatorSignature,
     VerificationError,
     verify_finality_certificate,
+)
+from tests.unit.ledger.consensus.consensus_harness import (
+    CHAIN,
+    Forge,
+    make_genesis,
+    make_keys,
+    make_validator_set,
 )
 
 

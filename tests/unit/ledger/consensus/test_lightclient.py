@@ -6,12 +6,17 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from consensus_harness import Forge, make_genesis, make_keys, make_validator_set
 
 from medledger._gen.ledger.v1 import ledger_service_pb2 as pb
 from medledger.ledger.consensus import Block, BlockHeader, FinalityCertificate, ValidatorSet
 from medledger.ledger.reads import certificate_pb, header_pb, validator_set_pb
 from medledger.ledgerclient import LightClientError, verify_header_chain
+from tests.unit.ledger.consensus.consensus_harness import (
+    Forge,
+    make_genesis,
+    make_keys,
+    make_validator_set,
+)
 
 Entry = tuple[BlockHeader, FinalityCertificate]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from consensus_harness import CHAIN, T0, Cluster, Forge, Rules, make_genesis, make_keys
 
 from medledger.ledger.consensus import (
     BlockRequest,
@@ -23,6 +22,15 @@ from medledger.ledger.consensus import (
     verify_finality_certificate,
 )
 from medledger.ledger.sim.store import MemoryLedgerStore
+from tests.unit.ledger.consensus.consensus_harness import (
+    CHAIN,
+    T0,
+    Cluster,
+    Forge,
+    Rules,
+    make_genesis,
+    make_keys,
+)
 
 
 def lone_replica(index: int = 1, **config: float) -> tuple[Replica, Forge, MemoryLedgerStore]:
