@@ -185,7 +185,12 @@ class Validator:
         self._subs.clear()
         self._bus_subs.clear()
         if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            # Sends in flight get a moment to go out; a stalled connection must not
+            # hold up shutdown (consensus tolerates the loss).
+            _, pending = await asyncio.wait(set(self._tasks), timeout=2.0)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         for waiters in self._waiters.values():
             for fut in waiters:
                 fut.cancel()
