@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 from medledger.audit.merkle_log import NodeId
 from medledger.audit.model import AnchorState, CheckpointRow, EntryRow, EventFilter, IndexedEvent
+from medledger.core.database import SqliteLocation, parse_database_url
 
 ENTRY_COLUMNS = (
     "leaf_index",
@@ -123,18 +123,14 @@ class AuditStore(Protocol):
 
 def open_store(database_url: str) -> AuditStore:
     """The store for `database_url`: sqlite:///path or postgresql://…"""
-    scheme = urlsplit(database_url).scheme
-    if scheme == "sqlite":
+    location = parse_database_url(database_url)
+    if isinstance(location, SqliteLocation):
         from medledger.audit.sqlite_store import SqliteAuditStore
 
-        path = database_url.removeprefix("sqlite://")
-        # sqlite:///relative and sqlite:////absolute, as SQLAlchemy spells them.
-        return SqliteAuditStore(path[1:] if path.startswith("/") else path)
-    if scheme.startswith("postgres"):
-        from medledger.audit.postgres_store import PostgresAuditStore
+        return SqliteAuditStore(location.path)
+    from medledger.audit.postgres_store import PostgresAuditStore
 
-        return PostgresAuditStore(database_url.replace("postgresql+psycopg://", "postgresql://"))
-    raise ValueError(f"unsupported database URL scheme {scheme!r}")
+    return PostgresAuditStore(location.conninfo)
 
 
 def where_clause(

@@ -26,7 +26,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 SERVICES = ("identity", "consent", "records", "ledger", "audit")
-PLUGIN_PACKAGES = ("ledger", "identity", "consent", "records", "audit", "stack")
+PLUGIN_PACKAGES = ("ledger", "identity", "consent", "records", "audit", "stack", "admin")
 
 Command = Callable[[argparse.Namespace], int]
 

@@ -21,6 +21,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from medledger.core.database import PostgresLocation, parse_database_url
 from medledger.core.errors import SettingsError
 
 ENV_PREFIX = "MEDLEDGER_"
@@ -206,10 +207,18 @@ class CommonSettings(BaseSettings):
 
     @property
     def database_dsn(self) -> str:
-        """The database URL; by default a SQLite file for this service under the data dir."""
-        if self.database_url is not None:
-            return self.database_url.get_secret_value()
-        return f"sqlite:///{(self.data_dir / f'{self.service_name}.sqlite3').as_posix()}"
+        """The database URL; by default a SQLite file for this service under the data dir.
+
+        A PostgreSQL database may be shared by the services of one organisation: each
+        then works in a schema named after the service (created by `prepare_database`).
+        """
+        if self.database_url is None:
+            return f"sqlite:///{(self.data_dir / f'{self.service_name}.sqlite3').as_posix()}"
+        url = self.database_url.get_secret_value()
+        location = parse_database_url(url)
+        if isinstance(location, PostgresLocation):
+            return location.in_schema(self.service_name).conninfo
+        return url
 
     @property
     def tls_enabled(self) -> bool:

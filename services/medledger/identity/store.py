@@ -11,11 +11,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import psycopg
 
 from medledger._gen.identity.v1 import identity_service_pb2 as pb
+from medledger.core.database import DatabaseUrlError, SqliteLocation, parse_database_url
 from medledger.identity.registry import TOKEN_ISSUER_ROLE, ChangeOutcome, RegistryWriter
 
 T = TypeVar("T")
@@ -78,23 +78,24 @@ class _Connection:
     """One database connection of either dialect, used under a lock from worker threads."""
 
     def __init__(self, dsn: str) -> None:
-        scheme = urlsplit(dsn).scheme
+        try:
+            location = parse_database_url(dsn)
+        except DatabaseUrlError as exc:
+            raise StoreError(str(exc)) from exc
         self.lock = threading.RLock()
-        self.dialect = "sqlite" if scheme == "sqlite" else "postgresql"
+        self.dialect = "sqlite" if isinstance(location, SqliteLocation) else "postgresql"
         self._sqlite: sqlite3.Connection | None = None
         self._pg: psycopg.Connection[Any] | None = None
-        if self.dialect == "sqlite":
-            path = dsn.split("://", 1)[1].removeprefix("/") or ":memory:"
+        if isinstance(location, SqliteLocation):
+            path = location.path
             if path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             self._sqlite = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._sqlite.execute("PRAGMA journal_mode=WAL")
             self._sqlite.execute("PRAGMA synchronous=NORMAL")
-        elif scheme in ("postgresql", "postgres", "postgresql+psycopg"):
-            self._pg = psycopg.connect(dsn.replace("postgresql+psycopg", "postgresql", 1))
-            self._pg.autocommit = True
         else:
-            raise StoreError(f"unsupported database scheme {scheme!r}")
+            self._pg = psycopg.connect(location.conninfo)
+            self._pg.autocommit = True
         self._depth = 0
 
     def execute(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:

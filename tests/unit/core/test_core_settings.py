@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from medledger.core.errors import SettingsError
 from medledger.core.settings import (
@@ -72,7 +73,12 @@ def test_every_variable_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     assert settings.metrics_port == 9100
     assert settings.nats_servers == ["nats://a:4222", "nats://b:4222"]
     assert settings.nats_creds_file == creds
-    assert settings.database_dsn == "postgresql://app:pw@db:5432/medledger"
+    assert settings.database_url is not None
+    assert settings.database_url.get_secret_value() == "postgresql://app:pw@db:5432/medledger"
+    # Services sharing one PostgreSQL database each work in their own schema.
+    scoped = conninfo_to_dict(settings.database_dsn)
+    assert (scoped["host"], scoped["dbname"]) == ("db", "medledger")
+    assert scoped["options"] == f"-c search_path={settings.service_name}"
     assert settings.log_level == "DEBUG" and settings.log_format == "console"
     assert settings.otlp_endpoint == "http://collector:4317"
     assert settings.grpc_max_message_bytes == 8 * MIB

@@ -1,0 +1,1 @@
+"""Operator commands that act on a whole organisation's deployment (`medledger admin`)."""
