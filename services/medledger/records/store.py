@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 import psycopg
 
+from medledger.core.database import DatabaseUrlError, SqliteLocation, parse_database_url
 from medledger.records.errors import (
     InvalidRecordRequest,
     MetadataUnavailable,
@@ -415,10 +415,11 @@ class PostgresMetadataStore(_SqlMetadataStore):
 
 
 async def open_metadata_store(dsn: str) -> MetadataStore:
-    """The store a database URL names: sqlite:///path or postgresql://…"""
-    scheme = urlsplit(dsn).scheme
-    if scheme == "sqlite":
-        return SqliteMetadataStore(dsn.removeprefix("sqlite:///") or ":memory:")
-    if scheme in ("postgresql", "postgres", "postgresql+psycopg"):
-        return await PostgresMetadataStore.connect(dsn.replace("postgresql+psycopg", "postgresql"))
-    raise InvalidRecordRequest(f"unsupported database scheme {scheme!r}")
+    """The store a database URL names: sqlite:///path or PostgreSQL (URL or conninfo)."""
+    try:
+        location = parse_database_url(dsn)
+    except DatabaseUrlError as exc:
+        raise InvalidRecordRequest(str(exc)) from exc
+    if isinstance(location, SqliteLocation):
+        return SqliteMetadataStore(location.path)
+    return await PostgresMetadataStore.connect(location.conninfo)
