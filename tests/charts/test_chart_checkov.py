@@ -39,12 +39,15 @@ def _helm_test_pod(finding: Finding) -> bool:
 
 def _components_given_secret_env(finding: Finding) -> bool:
     kind, _, name = str(finding["resource"]).split(".", 2)
-    return kind in {"Deployment", "Job"} and name.removeprefix("st-mary-medledger-") in {
-        "identity",
-        "consent",
-        "records",
-        "audit",
-        "bootstrap",
+    workload = (kind, name.removeprefix("st-mary-medledger-"))
+    return workload in {
+        ("Deployment", "identity"),
+        ("Deployment", "consent"),
+        ("Deployment", "records"),
+        ("Deployment", "audit"),
+        ("Job", "bootstrap"),
+        # Only when ledger.validatorKey.passphraseKey is set (the `full` value set).
+        ("StatefulSet", "ledger"),
     }
 
 
@@ -61,8 +64,9 @@ ACCEPTED: dict[str, tuple[str, Callable[[Finding], bool]]] = {
         _not_in_production,
     ),
     "CKV_K8S_35": (
-        "MEDLEDGER_DATABASE_URL and MEDLEDGER_S3_* come from secretKeyRef env because the "
-        "settings are read from the environment; keys and certificates are files",
+        "MEDLEDGER_DATABASE_URL, MEDLEDGER_S3_* and the key passphrases "
+        "(MEDLEDGER_*_KEY_PASSPHRASE) come from secretKeyRef env because the settings are "
+        "read from the environment; keys and certificates are files",
         _components_given_secret_env,
     ),
     "CKV_K8S_8": ("the helm test pod runs to completion: nothing to probe", _helm_test_pod),

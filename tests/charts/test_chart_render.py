@@ -113,7 +113,7 @@ def test_pods_roll_when_their_settings_change_and_only_then() -> None:
         _checksums({**base, "config": {"logLevel": "debug"}})["checksum/config"]
         != before["checksum/config"]
     )
-    assert _checksums({**base, "identity": {"replicaCount": 5}}) == before
+    assert _checksums(helm_merge(base, {"identity": {"replicaCount": 5}})) == before
 
 
 def test_the_bootstrap_hook_runs_after_install_and_upgrade() -> None:
@@ -171,14 +171,43 @@ def test_tls_comes_from_a_cert_manager_certificate_naming_every_service() -> Non
     assert certificate["spec"]["secretName"] == "st-mary-medledger-tls"
     for component in GRPC_PORTS:
         assert f"{_name(component)}.medledger.svc" in certificate["spec"]["dnsNames"]
+    for component, port in GRPC_PORTS.items():
+        kind = "StatefulSet" if component == "ledger" else "Deployment"
+        (container,) = pod_spec(named(manifests, kind, _name(component)))["containers"]
+        env = {variable["name"]: variable.get("value") for variable in container["env"]}
+        assert env["MEDLEDGER_TLS_CLIENT_CA_FILE"] == "/etc/medledger/tls/ca.crt", port
+    # The bootstrap job serves no gRPC: it neither mounts nor names the serving certificate.
+    (bootstrap,) = pod_spec(named(manifests, "Job", _name("bootstrap")))["containers"]
+    assert not any(v["name"].startswith("MEDLEDGER_TLS_") for v in bootstrap["env"])
     config = named(manifests, "ConfigMap", "st-mary-medledger-config")["data"]
-    assert config["MEDLEDGER_TLS_CLIENT_CA_FILE"] == "/etc/medledger/tls/ca.crt"
+    assert not any(name.startswith("MEDLEDGER_TLS_") for name in config)
 
 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
         ({"orgId": ""}, "orgId is required"),
+        ({"chainId": ""}, "chainId is required"),
+        (
+            {"audit": {"signingKey": {"existingSecret": ""}}},
+            "audit.signingKey.existingSecret is required",
+        ),
+        (
+            {"identity": {"serviceKey": {"existingSecret": ""}}},
+            "identity.serviceKey.existingSecret is required",
+        ),
+        (
+            {"records": {"studyKey": {"existingSecret": ""}}},
+            "records.studyKey.existingSecret is required",
+        ),
+        (
+            {"records": {"kek": {"existingSecret": "", "value": "x", "previousKeys": ["old"]}}},
+            "records.kek.previousKeys needs records.kek.existingSecret",
+        ),
+        (
+            {"ledger": {"genesis": {"existingConfigMap": "", "json": '{"chain_id": "other"}'}}},
+            'chainId "medledger-consortium" differs from the chain_id "other"',
+        ),
         (
             {"ledger": {"validatorKey": {"existingSecret": ""}}},
             "ledger.validatorKey.existingSecret",
@@ -233,3 +262,18 @@ def test_notes_tell_the_operator_how_to_reach_and_check_the_apis() -> None:
     assert "helm test st-mary" in text
     assert "PostgreSQL is off" in text
     assert "PostgreSQL is off" not in notes("infra-production")
+    assert "schema per service" in notes("infra-production")
+    assert 'of chain "medledger-consortium"' in text
+
+
+def test_notes_warn_about_what_an_operator_could_lose_or_leak() -> None:
+    assert "LOST when its pod is replaced" in notes("minimal")
+    assert "LOST" not in notes("defaults")
+    assert "stored in the Helm release" in notes("minimal")
+    assert "stored in the Helm release" not in notes("defaults")
+    assert "identity.bootstrapKey" in notes("full")
+    assert "identity.bootstrapKey" not in notes("defaults")
+    # With mTLS the way to reach an API names the certificate's DNS name and a client pair.
+    assert "-cert client.crt -key client.key -servername st-mary-medledger-identity" in notes(
+        "full"
+    )

@@ -37,6 +37,19 @@ from tests.charts.chart_rendering import CHART_DIR, chart, render_templates, val
             {"records": {"kek": {"secretName": "x"}}},
             "additional properties 'secretName' not allowed",
         ),
+        # The services read an http(s) URL, not host:port (MEDLEDGER_S3_ENDPOINT).
+        ({"objectStore": {"endpoint": "minio:9000"}}, "at '/objectStore/endpoint'"),
+        ({"objectStore": {"secure": True}}, "additional properties 'secure' not allowed"),
+        ({"config": {"otlpEndpoint": "otel:4317"}}, "at '/config/otlpEndpoint'"),
+        # A KEK id is a file name the service must not skip as hidden.
+        ({"records": {"kek": {"key": ".kek"}}}, "at '/records/kek/key'"),
+        ({"audit": {"checkpointIntervalSeconds": 0}}, "at '/audit/checkpointIntervalSeconds'"),
+        ({"nats": {"streamReplicas": 7}}, "at '/nats/streamReplicas'"),
+        ({"ledger": {"mempoolCapacity": "big"}}, "at '/ledger/mempoolCapacity'"),
+        (
+            {"identity": {"serviceKey": {"path": "/keys"}}},
+            "additional properties 'path' not allowed",
+        ),
     ],
 )
 def test_bad_values_are_rejected_with_a_message_naming_the_key(

@@ -27,10 +27,24 @@ SECRET_SETTINGS = {
     "MEDLEDGER_DATABASE_URL",
     "MEDLEDGER_S3_ACCESS_KEY",
     "MEDLEDGER_S3_SECRET_KEY",
+    "MEDLEDGER_VALIDATOR_KEY_PASSPHRASE",
+    "MEDLEDGER_SERVICE_KEY_PASSPHRASE",
+    "MEDLEDGER_CUSTODIAN_KEY_PASSPHRASE",
+    "MEDLEDGER_SIGNING_KEY_PASSPHRASE",
 }
 
+# Key files every value set mounts from a Secret: (values section, key) pairs.
+KEY_FILES = (
+    ("ledger", "validatorKey"),
+    ("identity", "serviceKey"),
+    ("records", "kek"),
+    ("records", "serviceKey"),
+    ("records", "studyKey"),
+    ("audit", "signingKey"),
+)
+
 # Value sets in which every secret comes from an existingSecret.
-EXISTING_SECRET_SETS = ("defaults", "tls", "infra-production", "infra-kind")
+EXISTING_SECRET_SETS = ("defaults", "tls", "full", "infra-production", "infra-kind")
 
 
 def _effective(container: dict[str, Any], pod: dict[str, Any], key: str) -> Any:
@@ -103,15 +117,14 @@ def test_with_existing_secrets_the_chart_renders_no_secret_and_points_at_them(
     values = value_sets()[value_set]
     manifests = rendered_manifests(value_set)
     assert of_kind(manifests, "Secret") == []
-    wanted = {
-        values["records"]["kek"]["existingSecret"],
-        values["ledger"]["validatorKey"]["existingSecret"],
-    }
+    wanted = {values[section][key]["existingSecret"] for section, key in KEY_FILES}
     for section in ("postgresql", "objectStore"):
         if values.get(section, {}).get("existingSecret"):
             wanted.add(values[section]["existingSecret"])
     if values.get("nats", {}).get("credentials", {}).get("existingSecret"):
         wanted.add(values["nats"]["credentials"]["existingSecret"])
+    if values.get("consent", {}).get("custodian", {}).get("existingSecret"):
+        wanted.add(values["consent"]["custodian"]["existingSecret"])
     referenced = {
         volume["secret"]["secretName"]
         for workload in workloads(manifests)
@@ -123,6 +136,27 @@ def test_with_existing_secrets_the_chart_renders_no_secret_and_points_at_them(
         if "secretKeyRef" in variable.get("valueFrom", {})
     }
     assert wanted <= referenced
+
+
+def test_chart_made_key_secrets_hold_their_values_and_nothing_else_shows_them() -> None:
+    values = value_sets()["minimal"]
+    manifests = rendered_manifests("minimal")
+    text = rendered_text("minimal")
+    for section, key, suffix in (
+        ("identity", "serviceKey", "identity-key"),
+        ("records", "serviceKey", "records-key"),
+        ("records", "studyKey", "records-study-key"),
+        ("audit", "signingKey", "audit-key"),
+        ("records", "kek", "kek"),
+    ):
+        value = values[section][key]["value"]
+        secret = named(manifests, "Secret", f"st-mary-medledger-{suffix}")
+        (content,) = secret["data"].values()
+        assert base64.b64decode(content).decode() == value
+        # Signing keys and KEKs outlive a release: uninstalling must not destroy them.
+        assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        body = value.strip().splitlines()[len(value.strip().splitlines()) // 2]
+        assert body not in text
 
 
 def test_a_generated_secret_holds_the_value_and_nothing_else_shows_it() -> None:

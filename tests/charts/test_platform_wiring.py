@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -107,7 +108,10 @@ def test_minio_holds_the_records_bucket_over_tls(environment: str) -> None:
     assert {"name": medledger["objectStore"].get("bucket", "medledger-records")}.items() <= values[
         "buckets"
     ][0].items()
-    assert medledger["objectStore"]["endpoint"].startswith("minio.medledger-platform.svc")
+    endpoint = urlsplit(medledger["objectStore"]["endpoint"])
+    # MinIO serves TLS, so the records service must speak https to it.
+    assert endpoint.scheme == "https"
+    assert str(endpoint.hostname).startswith("minio.medledger-platform.svc")
 
 
 def test_production_runs_distributed_minio_and_postgresql() -> None:
