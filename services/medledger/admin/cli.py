@@ -89,7 +89,12 @@ async def _streams(settings: BootstrapSettings, wait: float) -> None:
     deadline = time.monotonic() + wait
     while True:
         try:
-            bus = await NatsBus.connect(settings.nats_servers, name="medledger-bootstrap")
+            bus = await NatsBus.connect(
+                settings.nats_servers,
+                name="medledger-bootstrap",
+                creds_file=str(settings.nats_creds_file) if settings.nats_creds_file else None,
+                tls_ca_file=str(settings.nats_tls_ca_file) if settings.nats_tls_ca_file else None,
+            )
             break
         except BusUnavailable:
             if time.monotonic() > deadline:

@@ -92,13 +92,16 @@ class StreamBus(Protocol):
         name: str,
         subjects: list[str],
         *,
-        replicas: int = 1,
+        replicas: int | None = 1,
         duplicate_window: float = 120.0,
     ) -> js_api.StreamInfo: ...
 
 
-async def ensure_audit_stream(bus: StreamBus, replicas: int = 1) -> None:
-    """Create (or update) the AUDIT stream; idempotent, so every service may call it at start."""
+async def ensure_audit_stream(bus: StreamBus, replicas: int | None = None) -> None:
+    """Create (or update) the AUDIT stream; idempotent, so every service may call it at start.
+
+    Publishers leave ``replicas`` unset and so keep whatever replication the operator (the
+    bootstrap job, the audit service) gave the stream."""
     await bus.ensure_stream(
         AUDIT_STREAM,
         [AUDIT_SUBJECT_PATTERN],

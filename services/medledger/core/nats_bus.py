@@ -497,23 +497,29 @@ class NatsBus:
         name: str,
         subjects: Sequence[str],
         *,
-        replicas: int = 1,
+        replicas: int | None = 1,
         max_age: float | None = None,
         storage: js_api.StorageType = js_api.StorageType.FILE,
         duplicate_window: float = 120.0,
     ) -> js_api.StreamInfo:
-        """Create the stream, or bring an existing one to this configuration. Idempotent."""
+        """Create the stream, or bring an existing one to this configuration. Idempotent.
+
+        ``replicas=None`` keeps an existing stream's replication (1 for a new stream), so a
+        service that merely publishes never undoes what the operator configured.
+        """
         config = js_api.StreamConfig(
             name=name,
             subjects=list(subjects),
-            num_replicas=replicas,
+            num_replicas=replicas or 1,
             max_age=max_age,
             storage=storage,
             duplicate_window=duplicate_window,
         )
         try:
             try:
-                await self._js.stream_info(name)
+                existing = await self._js.stream_info(name)
+                if replicas is None and existing.config.num_replicas:
+                    config.num_replicas = existing.config.num_replicas
             except nats.js.errors.NotFoundError:
                 try:
                     return await self._js.add_stream(config)
