@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+import grpc
 import nats
 import nats.errors
 import nats.js.errors
@@ -25,6 +26,8 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+
+from medledger.core.errors import MedledgerError
 
 # Errors are drawn as a tree so callers know what to catch:
 #
@@ -47,6 +50,18 @@ M = TypeVar("M", bound=Message)
 R = TypeVar("R", bound=Message)
 
 log = structlog.get_logger(__name__)
+
+
+_EXPECTED_CODES = frozenset(
+    {
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
 
 
 class BusError(Exception):
@@ -475,7 +490,11 @@ class NatsBus:
             except Exception as exc:
                 reason, text = error_reply_for(exc)
                 span.set_status(trace.StatusCode.ERROR, reason)
-                log.warning("nats.handler_failed", subject=msg.subject, reason=reason)
+                # An answer the requester expects (not found yet, refused) is not a fault.
+                expected = isinstance(exc, MedledgerError) and exc.grpc_code in _EXPECTED_CODES
+                (log.debug if expected else log.warning)(
+                    "nats.handler_failed", subject=msg.subject, reason=reason
+                )
                 if is_request:
                     await self._reply(msg.reply, text.encode(), {ERROR_REASON_HEADER: reason})
                 return

@@ -34,6 +34,7 @@ from medledger.ledger.consensus.types import (
     Genesis,
     Message,
     Output,
+    Proposal,
     Rejection,
     SyncResponse,
     TransactionBatch,
@@ -170,6 +171,7 @@ class Validator:
         ]
         await nc.flush()
         self._apply(self.replica.start(self._now()))
+        self._replay_proposals()
         self._timer = asyncio.create_task(self._run_timer(), name=f"validator-{self.index}-timer")
         _log.info("validator started", index=self.index, height=self.store.height)
 
@@ -212,7 +214,25 @@ class Validator:
         if chain != self.genesis.chain_id or not 0 <= sender < self.genesis.validators.size:
             self.dropped_messages += 1
             return
+        if isinstance(message, Proposal):
+            self._keep_proposal(message, msg.data)
         self._apply(self.replica.receive(sender, message, self._now()))
+
+    def _keep_proposal(self, proposal: Proposal, data: bytes) -> None:
+        # Written before the replica may vote for it: a vote for a block nobody kept
+        # would leave the chain waiting forever after all validators restart.
+        if proposal.block.height > self.store.height:
+            self.store.save_proposal(proposal.block.height, proposal.block.hash, data)
+
+    def _replay_proposals(self) -> None:
+        """Feed proposals kept before a restart back in, rebuilding the uncommitted tree."""
+        for data in self.store.pending_proposals():
+            try:
+                _, sender, message = codec.decode_message(data)
+            except codec.DecodeError:
+                continue
+            if isinstance(message, Proposal):
+                self._apply(self.replica.receive(sender, message, self._now()))
 
     def submit(self, txs: Sequence[bytes]) -> SubmitResult:
         """Offer client transactions to the mempool; the result says which were taken."""
@@ -304,6 +324,7 @@ class Validator:
                 for block in output.committed
             ]
             self.store.append_many(entries)
+            self.store.prune_proposals()
             changed = True
             for block, entry in zip(output.committed, entries, strict=True):
                 for index, tx_id in enumerate(entry[3]):
@@ -336,6 +357,10 @@ class Validator:
         # batches that may grow past it are split; a block alone is bounded by the genesis.
         limit = self._bus.client.max_payload - _ENVELOPE_HEADROOM
         for outbound in output.messages:
+            if isinstance(outbound.message, Proposal):
+                self._keep_proposal(
+                    outbound.message, codec.encode_message(chain, self.index, outbound.message)
+                )
             for data in _encode_within(chain, self.index, outbound.message, limit):
                 targets = (
                     [i for i in range(self.genesis.validators.size) if i != self.index]

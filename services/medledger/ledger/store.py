@@ -63,6 +63,11 @@ CREATE TABLE IF NOT EXISTS safety_state (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     state BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS pending_proposals (
+    hash BLOB PRIMARY KEY,
+    height INTEGER NOT NULL,
+    proposal BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value BLOB NOT NULL
@@ -206,6 +211,26 @@ class BlockStore:
             " ON CONFLICT (id) DO UPDATE SET state = excluded.state",
             (state,),
         )
+
+    def save_proposal(self, height: int, block_hash: bytes, proposal: bytes) -> None:
+        """Keep a proposal for a block above the final chain, so that a restart can
+        rebuild the uncommitted part of the block tree (certified blocks live only there)."""
+        self._db.execute(
+            "INSERT OR IGNORE INTO pending_proposals (hash, height, proposal) VALUES (?, ?, ?)",
+            (block_hash, height, proposal),
+        )
+
+    def pending_proposals(self) -> list[bytes]:
+        """Stored proposals above the final chain, lowest height first."""
+        rows = self._db.execute(
+            "SELECT proposal FROM pending_proposals WHERE height > ? ORDER BY height",
+            (self._height,),
+        ).fetchall()
+        return [bytes(row[0]) for row in rows]
+
+    def prune_proposals(self) -> None:
+        """Forget proposals at or below the newest final height."""
+        self._db.execute("DELETE FROM pending_proposals WHERE height <= ?", (self._height,))
 
     def set_meta(self, key: str, value: bytes) -> None:
         self._db.execute(
