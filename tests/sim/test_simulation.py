@@ -11,6 +11,7 @@ from medledger.ledger import cli
 from medledger.ledger.consensus import replica as replica_module
 from medledger.ledger.consensus.mempool import Mempool, Verdict
 from medledger.ledger.sim import Outcome, simulate
+from medledger.ledger.sim.campaign import CampaignKind
 from medledger.ledger.sim.sweep import SweepReport, sweep
 
 FAULT_KINDS = {
@@ -29,6 +30,16 @@ FAULT_KINDS = {
     "garbage",
     "mempool_full",
     "invalid_tx_rejected",
+    # The coalition of Byzantine validators and its targeted campaigns (campaign.py).
+    "fork",
+    "coalition_qc",
+    "qc_withheld",
+    "qc_revealed",
+    "timeout_equivocation",
+    "campaign_drop",
+    "partition_leader",
+    "crash_after_vote",
+    *(f"campaign_{kind.value}_played_out" for kind in CampaignKind),
 }
 
 
@@ -61,6 +72,20 @@ def test_two_byzantine_of_seven() -> None:
     assert_clean(report)
 
 
+def test_validator_set_changes_mid_run_without_losing_agreement_or_liveness() -> None:
+    # Each run removes a genesis validator and adds one that joins from the genesis: the
+    # change commits, the chain goes on under the new set (the joiner syncs, then
+    # votes), and every transaction becomes final at every member of the new set.
+    report = sweep(range(300, 312), validators=4, jobs=2, reconfigure=True)
+    assert_clean(report)
+    assert report.runs_with_fault["validator_set_change"] == report.runs
+    assert report.runs_with_fault["not_a_member_dropped"] > 0
+    assert report.events["epochs"] >= 3 * report.runs
+    report = sweep(range(400, 403), validators=7, jobs=2, reconfigure=True)
+    assert_clean(report)
+    assert report.events["epochs"] >= 6 * report.runs
+
+
 def test_a_seed_replays_exactly() -> None:
     first, second = simulate(12345), simulate(12345)
     assert first.outcome is Outcome.OK
@@ -82,9 +107,9 @@ def test_an_admission_bug_is_reported_as_a_safety_violation(
         return Verdict(verdict.tx_id, None, "") if verdict.tx_id is not None else verdict
 
     monkeypatch.setattr(Mempool, "check", lenient)
-    result = simulate(3)
-    assert result.outcome is Outcome.SAFETY
-    assert "invalid" in result.detail
+    report = sweep(range(20), stop_on=Outcome.SAFETY)
+    assert report.exit_code == int(Outcome.SAFETY)
+    assert "invalid" in report.failures[-1].detail
 
 
 def test_a_leader_that_never_proposes_is_a_liveness_failure(

@@ -128,6 +128,7 @@ def _print_error(message: str) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from medledger.core.database import prepare_database
     from medledger.core.service import ServiceApp, run_service
 
     name: str = args.service
@@ -137,6 +138,9 @@ def _serve(args: argparse.Namespace) -> int:
         raise UsageError("NOT_IMPLEMENTED", f"service {name!r} is not implemented yet")
     settings_class = _settings_class(module, build)
     settings = load_settings(settings_class)
+    if settings.database_url is not None:
+        # A shared PostgreSQL database needs this service's schema before its stores open.
+        prepare_database(settings.database_url.get_secret_value(), settings.service_name)
     app = build(settings)
     if not isinstance(app, ServiceApp):
         raise CommandError(

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from medledger.core.auth import Authenticator
-from medledger.core.database import prepare_database
 from medledger.core.grpc_server import GrpcServer, GrpcService, ReadinessCheck
 from medledger.core.logging import configure_logging, get_logger
 from medledger.core.settings import CommonSettings
@@ -83,10 +82,6 @@ async def serve(
     server: GrpcServer | None = None
     exit_code = EXIT_OK
     try:
-        if settings.database_url is not None:
-            await asyncio.to_thread(
-                prepare_database, settings.database_url.get_secret_value(), settings.service_name
-            )
         for hook in app.on_startup:
             await hook()
             started_hooks += 1

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from medledger._gen.common.v1 import transaction_pb2
 from medledger.crypto import sha256
-from medledger.ledger.consensus.types import ValidatorSet
+from medledger.ledger.consensus.types import ValidatorSetChange
 from medledger.ledgerclient.transactions import (
     TransactionError,
     check_transaction,
@@ -49,5 +49,5 @@ class LedgerTransactionRules:
             return "GOVERNANCE_NOT_SUPPORTED"
         return None
 
-    def validator_set_change(self, tx: bytes) -> ValidatorSet | None:
+    def validator_set_change(self, tx: bytes) -> ValidatorSetChange | None:
         return None

@@ -18,6 +18,7 @@ from medledger.ledger.consensus.protocols import LedgerView, TransactionRules
 from medledger.ledger.consensus.replica import Replica
 from medledger.ledger.consensus.types import (
     BROADCAST,
+    Approval,
     Block,
     BlockHeader,
     BlockRequest,
@@ -43,12 +44,14 @@ from medledger.ledger.consensus.types import (
     TransactionBatch,
     ValidatorInfo,
     ValidatorSet,
+    ValidatorSetChange,
     ValidatorSignature,
     Vote,
 )
 
 __all__ = [
     "BROADCAST",
+    "Approval",
     "Block",
     "BlockHeader",
     "BlockRequest",
@@ -82,6 +85,7 @@ __all__ = [
     "TransactionRules",
     "ValidatorInfo",
     "ValidatorSet",
+    "ValidatorSetChange",
     "ValidatorSignature",
     "VerificationError",
     "Vote",

@@ -35,15 +35,28 @@ class SignatureVerifier:
     ) -> bool:
         if not 0 <= signer < self.validators.size:
             return False
-        memo = b"%d|%s|" % (signer, context.value.encode()) + signature + payload
+        memo = self._memo(signer, context, payload, signature)
         if memo in self._ok:
             return True
         if not self.validators.key(signer).is_valid(context, payload, signature):
             return False
+        self._remember(memo)
+        return True
+
+    def remember_own(
+        self, signer: int, context: SigningContext, payload: bytes, signature: bytes
+    ) -> None:
+        """Record a signature this process just made with `signer`'s key, unchecked."""
+        self._remember(self._memo(signer, context, payload, signature))
+
+    @staticmethod
+    def _memo(signer: int, context: SigningContext, payload: bytes, signature: bytes) -> bytes:
+        return b"%d|%s|" % (signer, context.value.encode()) + signature + payload
+
+    def _remember(self, memo: bytes) -> None:
         if len(self._ok) >= _CACHE_LIMIT:
             self._ok.clear()
         self._ok.add(memo)
-        return True
 
 
 def _check_quorum(validators: ValidatorSet, signers: list[int], what: str) -> None:

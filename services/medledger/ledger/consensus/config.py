@@ -17,7 +17,8 @@ class ReplicaConfig:
     """
 
     genesis: Genesis
-    index: int
+    index: int | None
+    """This validator's index in the genesis set; None for one that joins later."""
     round_timeout: float = 1.5
     max_round_timeout: float = 30.0
     idle_interval: float = 1.0
@@ -29,7 +30,7 @@ class ReplicaConfig:
     max_sync_blocks: int = 64
 
     def __post_init__(self) -> None:
-        if not 0 <= self.index < self.genesis.validators.size:
+        if self.index is not None and not 0 <= self.index < self.genesis.validators.size:
             raise ConfigurationError(f"validator index {self.index} is not in the validator set")
         if not 0 < self.idle_interval < self.round_timeout <= self.max_round_timeout:
             raise ConfigurationError("need 0 < idle_interval < round_timeout <= max_round_timeout")

@@ -58,12 +58,6 @@ class Mempool:
         problem = self._rules.validate(tx)
         if problem is not None:
             return Verdict(tx_id, "INVALID_TRANSACTION", problem)
-        if self._rules.validator_set_change(tx) is not None:
-            return Verdict(
-                tx_id,
-                "VALIDATOR_SET_CHANGE_UNSUPPORTED",
-                "this ledger version does not apply validator set changes yet",
-            )
         return Verdict(tx_id, None, "")
 
     def add(self, tx_id: bytes, tx: bytes) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from medledger.ledger.consensus.types import Block, FinalityCertificate, ValidatorSet
+from medledger.ledger.consensus.types import Block, FinalityCertificate, ValidatorSetChange
 
 
 class LedgerView(Protocol):
@@ -43,6 +43,8 @@ class TransactionRules(Protocol):
         """None when `tx` is valid (signature, well-formedness), else a reason. Must not raise."""
         ...
 
-    def validator_set_change(self, tx: bytes) -> ValidatorSet | None:
-        """The validator set a governance transaction installs, else None."""
+    def validator_set_change(self, tx: bytes) -> ValidatorSetChange | None:
+        """The validator-set change a governance transaction asks for, else None.
+
+        Only parsing: the core checks the approvals against the current set."""
         ...

@@ -10,13 +10,12 @@ The protocol and its safety argument are written up in docs/ledger.md.
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from medledger.crypto import SigningContext, SigningKey
 from medledger.ledger.consensus.blocktree import BlockTree
 from medledger.ledger.consensus.certificates import (
-    SignatureVerifier,
     sorted_signatures,
     verify_finality_certificate,
     verify_quorum_certificate,
@@ -28,6 +27,14 @@ from medledger.ledger.consensus.encoding import (
     proposal_payload,
     timeout_payload,
     vote_payload,
+)
+from medledger.ledger.consensus.epochs import (
+    Epoch,
+    change_in,
+    epochs_of,
+    is_approved,
+    is_reconfiguration,
+    next_epoch,
 )
 from medledger.ledger.consensus.errors import (
     ConfigurationError,
@@ -59,6 +66,8 @@ from medledger.ledger.consensus.types import (
     TimeoutCertificate,
     TimeoutSignature,
     TransactionBatch,
+    ValidatorSet,
+    ValidatorSetChange,
     Vote,
 )
 from medledger.ledger.consensus.wellformed import check_message
@@ -100,21 +109,28 @@ class Replica:
         restored: SafetyState | None = None,
     ) -> None:
         genesis = config.genesis
-        self._validators = genesis.validators
-        self.index = config.index
-        if signing_key.public_key.raw != self._validators.validators[self.index].public_key:
-            raise ConfigurationError(f"the signing key is not validator {self.index}'s key")
+        if (
+            config.index is not None
+            and signing_key.public_key.raw != genesis.validators.validators[config.index].public_key
+        ):
+            raise ConfigurationError(f"the signing key is not validator {config.index}'s key")
         self._config = config
         self._key = signing_key
         self._view = view
         self._rules = rules
         self._chain_id = genesis.chain_id
         self._params = genesis.parameters
-        self._n = self._validators.size
         self._genesis = genesis_block(genesis)
-        self._genesis_qc = self._genesis.justify
-        self._verifier = SignatureVerifier(self._validators)
         self._mempool = Mempool(rules, config.mempool_capacity, self._params.max_tx_bytes)
+        try:
+            epoch, previous = epochs_of(genesis, view, rules)
+        except ValueError as bad:
+            raise ConfigurationError(str(bad)) from bad
+        self._previous = previous
+        self._settling = False
+        self._commit_proof: tuple[QuorumCertificate, list[Block]] | None = None
+        self._handover: tuple[QuorumCertificate, dict[bytes, Block]] | None = None
+        self._use_epoch(epoch)
 
         height = view.committed_height()
         root = self._genesis if height == 0 else view.block_at(height)
@@ -122,11 +138,13 @@ class Replica:
             raise ConfigurationError(f"the ledger view has no block at its height {height}")
         self._tree = BlockTree(root)
 
-        state = restored or SafetyState(0, 0, self._genesis_qc, None)
+        state = restored or SafetyState(0, 0, self._root_qc, None)
+        # Rounds count on across epochs, so the voted and timeout rounds always hold; the
+        # certificates hold only if they belong to the current epoch.
         self._voted_round = state.highest_voted_round
         self._timeout_round = state.highest_timeout_round
-        self._high_qc = state.high_qc
-        self._last_tc = state.last_tc
+        self._high_qc = state.high_qc if self._qc_in_epoch(state.high_qc) else self._root_qc
+        self._last_tc = state.last_tc if self._tc_in_epoch(state.last_tc) else None
         self._safety_dirty = False
 
         self._started = False
@@ -152,7 +170,7 @@ class Replica:
         self._uncertified: dict[int, None] = {}
         self._finality_resend_at = 0.0
         self._sync_retry_at = 0.0
-        self._sync_peer = self.index
+        self._sync_peer = self.index or 0
 
         self.dropped: Counter[str] = Counter()
         self.events: Counter[str] = Counter()
@@ -163,6 +181,11 @@ class Replica:
         self._out_certificates: list[FinalityCertificate] = []
 
     # -- public surface ---------------------------------------------------------------
+
+    @property
+    def validators(self) -> ValidatorSet:
+        """The current epoch's validator set; `index` is this validator's place in it."""
+        return self._validators
 
     @property
     def safety_state(self) -> SafetyState:
@@ -182,9 +205,11 @@ class Replica:
             raise IllegalCallError("the replica is already started")
         self._started = True
         self._now = now
+        # Start in the round our certificates justify, so others follow our timeouts; the
+        # voted and timeout rounds (which may lie beyond, even in an earlier epoch) still
+        # keep us from voting or proposing again in any round we already signed in.
         tc_round = self._last_tc.round + 1 if self._last_tc else 0
-        self.round = max(1, self._high_qc.round + 1, tc_round, self._voted_round)
-        self.round = max(self.round, self._timeout_round)
+        self.round = max(1, self._high_qc.round + 1, tc_round)
         self._round_start = now
         self._round_deadline = now + self._round_timeout(0)
         self._timed_out = False
@@ -206,6 +231,7 @@ class Replica:
         """
         self._require_started()
         now = self._clock(now)
+        self._settling = False
         if type(sender) is not int or not 0 <= sender < self._n or sender == self.index:
             self._drop("BAD_SENDER")
             return self._flush()
@@ -221,6 +247,7 @@ class Replica:
         """Fire whatever timers are due at `now`."""
         self._require_started()
         now = self._clock(now)
+        self._settling = False
         if now >= self._round_deadline:
             self._on_round_timeout(now)
         self._maybe_propose(now)
@@ -247,6 +274,7 @@ class Replica:
         if isinstance(txs, (bytes, str)) or not all(type(tx) is bytes for tx in txs):
             raise IllegalCallError("submit takes a sequence of transactions as bytes")
         now = self._clock(now)
+        self._settling = False
         accepted: list[bytes] = []
         rejected: list[Rejection] = []
         forward: list[bytes] = []
@@ -258,7 +286,17 @@ class Replica:
                 )
                 continue
             tx_id = verdict.tx_id
-            if tx_id in self._mempool:
+            change = self._rules.validator_set_change(tx)
+            if change is not None and not self._approved(change):
+                rejected.append(
+                    Rejection(
+                        i,
+                        tx_id,
+                        "UNAPPROVED_VALIDATOR_SET_CHANGE",
+                        "the change needs approvals of a quorum of the current validators",
+                    )
+                )
+            elif tx_id in self._mempool:
                 rejected.append(Rejection(i, tx_id, "DUPLICATE", "already pending"))
             elif self._view.contains_tx(tx_id):
                 rejected.append(Rejection(i, tx_id, "ALREADY_FINAL", "already in a final block"))
@@ -307,11 +345,14 @@ class Replica:
 
     def _drain_local(self, now: float) -> None:
         while self._local:
-            self._dispatch(self.index, self._local.popleft(), now)
+            # Only a member of the epoch signs what it sends itself (-1 never matches).
+            self._dispatch(-1 if self.index is None else self.index, self._local.popleft(), now)
 
     def _sign(self, context: SigningContext, payload: bytes) -> bytes:
         signature = self._key.sign(context, payload)
-        self._verifier.is_valid(self.index, context, payload, signature)
+        if self.index is not None:
+            # Our own signature is good: seed the cache so our QCs and TCs skip the check.
+            self._verifier.remember_own(self.index, context, payload, signature)
         return signature
 
     def _flush(
@@ -333,6 +374,8 @@ class Replica:
         return output
 
     def _next_deadline(self) -> float:
+        if self._settling:
+            return self._now
         deadline = self._round_deadline
         if self._idle_deadline is not None:
             deadline = min(deadline, self._idle_deadline)
@@ -376,7 +419,7 @@ class Replica:
 
     def _accept_qc(self, qc: QuorumCertificate, source: int, now: float) -> bool:
         try:
-            verify_quorum_certificate(qc, self._chain_id, self._verifier, self._genesis_qc)
+            verify_quorum_certificate(qc, self._sign_id, self._verifier, self._root_qc)
         except VerificationError as bad:
             self._drop(f"QC_{bad.reason}")
             return False
@@ -387,7 +430,7 @@ class Replica:
         if tc == self._last_tc:
             return True  # already verified; any other TC is checked, even for an old round
         try:
-            verify_timeout_certificate(tc, self._chain_id, self._verifier, self._genesis_qc)
+            verify_timeout_certificate(tc, self._sign_id, self._verifier, self._root_qc)
         except VerificationError as bad:
             self._drop(f"TC_{bad.reason}")
             return False
@@ -400,8 +443,11 @@ class Replica:
         if qc.round > self._high_qc.round:
             self._high_qc = qc
             self._safety_dirty = True
+        epoch = self._epoch
         if qc.block_hash in self._tree:
             self._try_commit(qc, now)
+            if self._epoch is not epoch:
+                return  # the QC ended its epoch; it justifies nothing in the next one
         elif qc.height > self.committed_height:
             self._fetch(qc.block_hash, qc.height, qc.round, source, now)
         self._advance_round(qc.round + 1, now, progress=True)
@@ -410,8 +456,10 @@ class Replica:
         if self._last_tc is None or tc.round > self._last_tc.round:
             self._last_tc = tc
             self._safety_dirty = True
+        epoch = self._epoch
         self._process_qc(tc.high_qc, source, now)
-        self._advance_round(tc.round + 1, now, progress=False)
+        if self._epoch is epoch:
+            self._advance_round(tc.round + 1, now, progress=False)
 
     def _advance_round(self, new_round: int, now: float, progress: bool) -> None:
         if new_round <= self.round:
@@ -431,6 +479,10 @@ class Replica:
 
     def _on_round_timeout(self, now: float) -> None:
         round_ = self.round
+        if self.index is None or self._settling:
+            # Not a validator of this epoch (or just entering it): nothing to sign.
+            self._round_deadline = now + self._round_timeout(self._retransmits)
+            return
         if round_ > self._timeout_round:
             # Recorded (and persisted by the host) before the timeout leaves: from now
             # on this replica never votes in this round.
@@ -439,7 +491,7 @@ class Replica:
         last_tc = self._last_tc if self._last_tc and self._last_tc.round + 1 == round_ else None
         signature = self._sign(
             SigningContext.TIMEOUT,
-            timeout_payload(self._chain_id, round_, self._high_qc.round),
+            timeout_payload(self._sign_id, round_, self._high_qc.round),
         )
         timeout = Timeout(round_, self._high_qc, last_tc, self.index, signature)
         self._broadcast(timeout, include_self=not self._timed_out)
@@ -452,13 +504,16 @@ class Replica:
         if timeout.signer != sender:
             self._drop("SENDER_MISMATCH")
             return
-        payload = timeout_payload(self._chain_id, timeout.round, timeout.high_qc.round)
+        payload = timeout_payload(self._sign_id, timeout.round, timeout.high_qc.round)
         if not self._verifier.is_valid(sender, SigningContext.TIMEOUT, payload, timeout.signature):
             self._drop("BAD_SIGNATURE")
             return
+        epoch = self._epoch
         if not self._accept_qc(timeout.high_qc, sender, now):
             return
         if timeout.last_tc is not None and not self._accept_tc(timeout.last_tc, sender, now):
+            return
+        if self._epoch is not epoch:
             return
         if timeout.round < self.round:
             # The sender is behind; hand it the certificates that moved us on.
@@ -495,6 +550,8 @@ class Replica:
         round_ = self.round
         if self._validators.leader(round_) != self.index or self._proposed_round >= round_:
             return
+        if self._settling:
+            return
         if round_ <= max(self._voted_round, self._timeout_round):
             return
         via_qc = self._high_qc.round + 1 == round_
@@ -514,19 +571,29 @@ class Replica:
             return
         branch = self._tree.branch(parent.hash)
         in_branch = self._branch_tx_ids(branch)
+        pending = self._pending_change(branch)
 
         def excluded(tx_id: bytes) -> bool:
             return tx_id in in_branch
 
-        has_work = any(b.transactions for b in branch) or self._mempool.has_any(excluded)
+        has_work = any(b.transactions for b in branch) or (
+            pending is None and self._mempool.has_any(excluded)
+        )
         if not has_work and not (tc and not via_qc):
             idle_at = self._round_start + self._config.idle_interval
             if now < idle_at:
                 self._idle_deadline = idle_at
                 return
-        txs = self._mempool.select(
-            excluded, self._params.max_block_txs, self._params.max_block_bytes
-        )
+        txs: list[bytes] = []
+        next_set = self._validators
+        if pending is not None:
+            # Above a reconfiguration block only empty blocks, until it commits.
+            next_set = pending.validators
+        else:
+            txs = self._select_transactions(excluded)
+            change = self._change_among(txs)
+            if change is not None:
+                next_set = change.validators
         header = BlockHeader(
             chain_id=self._chain_id,
             height=parent.height + 1,
@@ -534,13 +601,13 @@ class Replica:
             parent_hash=parent.hash,
             tx_root=root_hash(txs),
             validator_set_hash=self._validators.hash,
-            next_validator_set_hash=self._validators.hash,
+            next_validator_set_hash=next_set.hash,
             proposer=self.index,
             timestamp_unix_ms=max(int(now * 1000), parent.header.timestamp_unix_ms + 1),
         )
         block = Block(header, tuple(txs), self._high_qc)
         signature = self._sign(
-            SigningContext.PROPOSAL, proposal_payload(self._chain_id, block.hash, round_)
+            SigningContext.PROPOSAL, proposal_payload(self._sign_id, block.hash, round_)
         )
         self._proposed_round = round_
         self.events["proposals"] += 1
@@ -555,16 +622,19 @@ class Replica:
         if self._validators.leader(header.round) != sender:
             self._drop("WRONG_PROPOSER")
             return
-        payload = proposal_payload(self._chain_id, block.hash, header.round)
+        payload = proposal_payload(self._sign_id, block.hash, header.round)
         if not self._verifier.is_valid(
             sender, SigningContext.PROPOSAL, payload, proposal.signature
         ):
             self._drop("BAD_SIGNATURE")
             return
+        epoch = self._epoch
         if not self._accept_qc(block.justify, sender, now):
             return
         tc = proposal.timeout_certificate
         if tc is not None and not self._accept_tc(tc, sender, now):
+            return
+        if self._epoch is not epoch:
             return
         if header.round < self.round and sender != self.index:
             self._send(sender, SyncInfo(self._high_qc, self._last_tc))
@@ -574,7 +644,8 @@ class Replica:
         self, sender: int, block: Block, proposal: Proposal | None, now: float
     ) -> None:
         work: deque[tuple[int, Block, Proposal | None]] = deque([(sender, block, proposal)])
-        while work:
+        epoch = self._epoch
+        while work and self._epoch is epoch:
             source, candidate, carried_by = work.popleft()
             if self._insert_block(source, candidate, carried_by, now):
                 work.extend(self._parked.pop(candidate.hash, []))
@@ -648,8 +719,9 @@ class Replica:
             return "JUSTIFY_MISMATCH"
         if header.validator_set_hash != self._validators.hash:
             return "WRONG_VALIDATOR_SET"
-        if header.next_validator_set_hash != self._validators.hash:
-            return "WRONG_NEXT_VALIDATOR_SET"
+        problem = self._check_handover(block, self._pending_change(self._tree.branch(parent.hash)))
+        if problem is not None:
+            return problem
         if header.proposer != self._validators.leader(header.round):
             return "WRONG_PROPOSER"
         if header.timestamp_unix_ms <= parent.header.timestamp_unix_ms:
@@ -680,6 +752,8 @@ class Replica:
     def _maybe_vote(self, proposal: Proposal, now: float) -> None:
         block = proposal.block
         round_ = block.round
+        if self.index is None or self._settling:
+            return
         if round_ != self.round or round_ <= self._voted_round or round_ <= self._timeout_round:
             return
         if block.hash not in self._tree:
@@ -694,7 +768,7 @@ class Replica:
         self._safety_dirty = True
         signature = self._sign(
             SigningContext.VOTE,
-            vote_payload(self._chain_id, block.hash, block.height, round_),
+            vote_payload(self._sign_id, block.hash, block.height, round_),
         )
         self.events["votes_sent"] += 1
         self._send(
@@ -715,7 +789,7 @@ class Replica:
         if vote.round > self.round + VOTE_LOOKAHEAD:
             self._drop("FAR_FUTURE_VOTE")
             return
-        payload = vote_payload(self._chain_id, vote.block_hash, vote.height, vote.round)
+        payload = vote_payload(self._sign_id, vote.block_hash, vote.height, vote.round)
         if not self._verifier.is_valid(sender, SigningContext.VOTE, payload, vote.signature):
             self._drop("BAD_SIGNATURE")
             return
@@ -751,8 +825,12 @@ class Replica:
             return
         if certified.round != parent.round + 1:
             return
+        self._commit_proof = (qc, self._tree.branch(certified.hash))
         for block in self._tree.branch(parent.hash):
             self._commit(block, None, now)
+            if is_reconfiguration(block):
+                # The epoch ends here: what was built above it in this epoch is dropped.
+                break
 
     def _commit(self, block: Block, certificate: FinalityCertificate | None, now: float) -> None:
         self._tree.advance_root(block)
@@ -775,15 +853,156 @@ class Replica:
             del self._finality_votes[old]
         if certificate is not None:
             self._record_certificate(certificate)
-            return
-        self._uncertified[height] = None
-        self._broadcast(self._own_finality_vote(height, block.hash))
+        else:
+            self._uncertified[height] = None
+            vote = self._own_finality_vote(height, block.hash)
+            if vote is not None:
+                self._broadcast(vote)
+        if is_reconfiguration(block):
+            self._enter_epoch(block, now)
 
-    def _own_finality_vote(self, height: int, block_hash: bytes) -> FinalityVote:
-        signature = self._sign(
-            SigningContext.FINALITY, finality_payload(self._chain_id, height, block_hash)
+    def _own_finality_vote(self, height: int, block_hash: bytes) -> FinalityVote | None:
+        """Our FINALITY signature for a height, as a member of that height's epoch."""
+        epoch = self._epoch_at(height)
+        signer = None if epoch is None else epoch.index_of(self._key.public_key)
+        if epoch is None or signer is None:
+            return None
+        payload = finality_payload(self._chain_id, height, block_hash)
+        signature = self._key.sign(SigningContext.FINALITY, payload)
+        epoch.verifier.remember_own(signer, SigningContext.FINALITY, payload, signature)
+        return FinalityVote(height, block_hash, signer, signature)
+
+    # -- epochs ----------------------------------------------------------------------------
+
+    def _use_epoch(self, epoch: Epoch) -> None:
+        self._epoch = epoch
+        self._validators = epoch.validators
+        self._verifier = epoch.verifier
+        self._n = epoch.validators.size
+        self._root_qc = epoch.root_qc
+        self._sign_id = epoch.signing_chain_id
+        self.index = epoch.index_of(self._key.public_key)
+
+    def _epoch_at(self, height: int) -> Epoch | None:
+        """The epoch whose validators sign finality for `height` (if still known)."""
+        if height >= self._epoch.first_height:
+            return self._epoch
+        previous = self._previous
+        if previous is not None and height >= previous.first_height:
+            return previous
+        return None
+
+    def _qc_in_epoch(self, qc: QuorumCertificate) -> bool:
+        if qc == self._root_qc:
+            return True
+        if qc.height < self._epoch.first_height:
+            return False
+        try:
+            verify_quorum_certificate(qc, self._sign_id, self._verifier, self._root_qc)
+        except VerificationError:
+            return False
+        return True
+
+    def _tc_in_epoch(self, tc: TimeoutCertificate | None) -> bool:
+        if tc is None or not self._qc_in_epoch(tc.high_qc):
+            return False
+        try:
+            verify_timeout_certificate(tc, self._sign_id, self._verifier, self._root_qc)
+        except VerificationError:
+            return False
+        return True
+
+    def _enter_epoch(self, root: Block, now: float) -> None:
+        """A reconfiguration block committed: its change's set runs the chain from here."""
+        change = change_in(root, self._rules)
+        assert change is not None  # checked when the block entered the tree
+        self._previous = self._epoch
+        proof = self._commit_proof
+        # Validators still in the old epoch commit the reconfiguration the way we did:
+        # from the QC that committed it and the blocks up to the one it certifies, which
+        # we keep handing out until the old epoch's heights are certified.
+        self._handover = None
+        if proof is not None and root in proof[1]:
+            above = proof[1][proof[1].index(root) + 1 :]
+            self._handover = (proof[0], {block.hash: block for block in above})
+        self._use_epoch(next_epoch(self._chain_id, root, change.validators))
+        self._tree = BlockTree(root)
+        self._high_qc = self._root_qc
+        self._last_tc = None
+        for table in (self._votes, self._timeouts):
+            table.clear()
+        self._qc_for_block.clear()
+        self._parked.clear()
+        self._missing.clear()
+        self._sync_peer = self.index or 0
+        self.events["epochs"] += 1
+        if self._handover is not None:
+            self._broadcast(SyncInfo(self._handover[0], None), include_self=False)
+        # Nothing is signed in the new epoch during this call: the host stores the
+        # reconfiguration block before the new epoch's safety state can be written.
+        self._settling = True
+        self.round = root.round + 1
+        self._round_start = now
+        self._consecutive_timeouts = 0
+        self._retransmits = 0
+        self._timed_out = False
+        self._idle_deadline = None
+        self._round_deadline = now + self._round_timeout(0)
+
+    def _pending_change(self, branch: list[Block]) -> ValidatorSetChange | None:
+        """The change of an uncommitted reconfiguration block in `branch`, if any."""
+        for block in branch:
+            if is_reconfiguration(block):
+                return change_in(block, self._rules)
+        return None
+
+    def _change_among(self, txs: Sequence[bytes]) -> ValidatorSetChange | None:
+        for tx in txs:
+            change = self._rules.validator_set_change(tx)
+            if change is not None:
+                return change
+        return None
+
+    def _approved(self, change: ValidatorSetChange) -> bool:
+        return is_approved(change, self._validators, self._chain_id)
+
+    def _check_handover(self, block: Block, pending: ValidatorSetChange | None) -> str | None:
+        """The next-validator-set rule: the pending change's set above a reconfiguration
+        block (which must then be empty), the block's own approved change, or no change."""
+        next_hash = block.header.next_validator_set_hash
+        if pending is not None:
+            if block.transactions:
+                return "RECONFIGURATION_PENDING"
+            return None if next_hash == pending.validators.hash else "WRONG_NEXT_VALIDATOR_SET"
+        changes = [c for tx in block.transactions if (c := self._rules.validator_set_change(tx))]
+        if not changes:
+            return None if next_hash == self._validators.hash else "WRONG_NEXT_VALIDATOR_SET"
+        if len(changes) > 1 or not self._approved(changes[0]):
+            return "INVALID_VALIDATOR_SET_CHANGE"
+        if next_hash != changes[0].validators.hash:
+            return "WRONG_NEXT_VALIDATOR_SET"
+        return None
+
+    def _select_transactions(self, excluded: Callable[[bytes], bool]) -> list[bytes]:
+        """Mempool transactions for a block: at most one approved validator-set change;
+        changes this epoch's validators did not approve leave the mempool."""
+        txs = self._mempool.select(
+            excluded, self._params.max_block_txs, self._params.max_block_bytes
         )
-        return FinalityVote(height, block_hash, self.index, signature)
+        chosen: list[bytes] = []
+        has_change = False
+        for tx in txs:
+            change = self._rules.validator_set_change(tx)
+            if change is not None:
+                if not self._approved(change):
+                    self._mempool.remove([self._rules.tx_id(tx)])
+                    self._drop("UNAPPROVED_VALIDATOR_SET_CHANGE")
+                    continue
+                if has_change:
+                    continue
+                has_change = True
+            chosen.append(tx)
+        return chosen
 
     def _committed_hash(self, height: int) -> bytes | None:
         known = self._recent_hashes.get(height)
@@ -807,10 +1026,16 @@ class Replica:
         self.events["certificates"] += 1
 
     def _on_finality_vote(self, sender: int, vote: FinalityVote, now: float) -> None:
-        if vote.signer != sender:
+        height = vote.height
+        if height > self.committed_height + SYNC_GAP:
+            # The sender is well ahead (perhaps in a later epoch, whose signers we
+            # cannot check yet): fetch its final blocks, which carry certificates.
+            self._request_sync(sender, now)
+        if vote.signer != sender and height >= self._epoch.first_height:
+            # Senders are numbered in the current epoch; earlier heights' votes are
+            # authenticated by their signature alone.
             self._drop("SENDER_MISMATCH")
             return
-        height = vote.height
         committed = self.committed_height
         if height <= committed and height not in self._uncertified:
             certificate = self._certificate(height)
@@ -820,18 +1045,21 @@ class Replica:
             return
         if height > committed + FINALITY_WINDOW:
             self._drop("FAR_FUTURE_FINALITY_VOTE")
-            self._request_sync(sender, now)
+            return
+        epoch = self._epoch_at(height)
+        if epoch is None:
+            self._drop("UNKNOWN_EPOCH")
             return
         payload = finality_payload(self._chain_id, height, vote.block_hash)
-        if not self._verifier.is_valid(sender, SigningContext.FINALITY, payload, vote.signature):
+        if not epoch.verifier.is_valid(
+            vote.signer, SigningContext.FINALITY, payload, vote.signature
+        ):
             self._drop("BAD_SIGNATURE")
             return
         votes = self._finality_votes.setdefault(height, {})
-        if sender in votes:
+        if vote.signer in votes:
             return
-        votes[sender] = vote
-        if height > committed + SYNC_GAP:
-            self._request_sync(sender, now)
+        votes[vote.signer] = vote
         self._try_certify(height)
 
     def _try_certify(self, height: int) -> None:
@@ -844,7 +1072,10 @@ class Replica:
             return
         if len(matching) != len(votes):
             self.events["conflicting_finality_votes"] += 1
-        if self._validators.power_of(list(matching)) >= self._validators.quorum:
+        epoch = self._epoch_at(height)
+        if epoch is None:
+            return
+        if epoch.validators.power_of(list(matching)) >= epoch.validators.quorum:
             self._record_certificate(
                 FinalityCertificate(self._chain_id, height, block_hash, sorted_signatures(matching))
             )
@@ -856,11 +1087,12 @@ class Replica:
         if height > self.committed_height:
             self._request_sync(sender, now)
             return
-        if height not in self._uncertified:
+        epoch = self._epoch_at(height)
+        if height not in self._uncertified or epoch is None:
             return
         try:
             verify_finality_certificate(
-                certificate, self._validators, self._chain_id, self._verifier
+                certificate, epoch.validators, self._chain_id, epoch.verifier
             )
         except VerificationError as bad:
             self._drop(f"CERTIFICATE_{bad.reason}")
@@ -873,13 +1105,25 @@ class Replica:
 
     def _resend_finality_votes(self, now: float) -> None:
         self._finality_resend_at = now + self._config.finality_rebroadcast_interval
+        handover = self._handover
+        if handover is not None:
+            if any(h < self._epoch.first_height for h in self._uncertified):
+                self._broadcast(SyncInfo(handover[0], None), include_self=False)
+            else:
+                self._handover = None
         for height in sorted(self._uncertified)[:FINALITY_REBROADCAST_BATCH]:
             block_hash = self._committed_hash(height)
-            if block_hash is None:
+            if block_hash is None or self._epoch_at(height) is None:
+                # Gone from view, or from an epoch too old to check: leave it be.
                 self._uncertified.pop(height, None)
                 continue
+            vote = self._own_finality_vote(height, block_hash)
+            if vote is None:
+                # Not a signer of that height: ask a peer for the certified blocks.
+                self._request_sync(None, now, height)
+                break
             self.events["finality_votes_resent"] += 1
-            self._broadcast(self._own_finality_vote(height, block_hash), include_self=False)
+            self._broadcast(vote, include_self=False)
 
     # -- transactions, block fetch and sync ---------------------------------------------
 
@@ -910,6 +1154,8 @@ class Replica:
 
     def _on_block_request(self, sender: int, request: BlockRequest) -> None:
         block = self._tree.get(request.block_hash)
+        if block is None and self._handover is not None:
+            block = self._handover[1].get(request.block_hash)
         if block is None and 0 < request.height <= self.committed_height:
             block = self._view.block_at(request.height)
             if block is not None and block.hash != request.block_hash:
@@ -928,11 +1174,12 @@ class Replica:
         if block.height != fetch.height or block.round != fetch.round:
             self._drop("FETCHED_BLOCK_MISMATCH")
             return
-        if not self._accept_qc(block.justify, sender, now):
+        epoch = self._epoch
+        if not self._accept_qc(block.justify, sender, now) or self._epoch is not epoch:
             return
         self._consider_block(sender, block, None, now)
 
-    def _request_sync(self, peer: int | None, now: float) -> None:
+    def _request_sync(self, peer: int | None, now: float, from_height: int | None = None) -> None:
         if now < self._sync_retry_at:
             return
         self._sync_retry_at = now + 2 * self._config.fetch_retry_interval
@@ -942,7 +1189,8 @@ class Replica:
                 self._sync_peer = (self._sync_peer + 1) % self._n
             peer = self._sync_peer
         self.events["sync_requests"] += 1
-        self._send(peer, SyncRequest(self.committed_height + 1))
+        first = self.committed_height + 1 if from_height is None else from_height
+        self._send(peer, SyncRequest(first))
 
     def _on_sync_request(self, sender: int, request: SyncRequest) -> None:
         blocks: list[CertifiedBlock] = []
@@ -962,6 +1210,8 @@ class Replica:
         for item in response.blocks:
             block, certificate = item.block, item.certificate
             if block.height <= self.committed_height:
+                # Still useful for a height we committed without its certificate.
+                self._on_finality_certificate(sender, certificate, now)
                 continue
             problem = self._check_certified(block, certificate)
             if problem is not None:
@@ -984,13 +1234,14 @@ class Replica:
         if certificate.height != block.height or certificate.block_hash != block.hash:
             return "SYNC_CERTIFICATE_MISMATCH"
         header = block.header
-        if (
-            header.validator_set_hash != self._validators.hash
-            or header.next_validator_set_hash != self._validators.hash
-        ):
+        if header.validator_set_hash != self._validators.hash:
             return "SYNC_WRONG_VALIDATOR_SET"
         if root_hash(block.transactions) != header.tx_root:
             return "SYNC_BAD_TX_ROOT"
+        # A final block is never above an uncommitted reconfiguration, so only its own
+        # change (if any) may name another next set.
+        if self._check_handover(block, None) is not None:
+            return "SYNC_WRONG_VALIDATOR_SET"
         try:
             verify_finality_certificate(
                 certificate, self._validators, self._chain_id, self._verifier

@@ -81,6 +81,25 @@ class ValidatorSet:
 
 
 @dataclass(frozen=True, slots=True)
+class Approval:
+    """A current validator's signature approving a validator-set change."""
+
+    public_key: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ValidatorSetChange:
+    """What a governance transaction asks for: a new set, approved by current validators.
+
+    The core checks the approvals against the set of the epoch the transaction lands in
+    (see consensus.epochs); the transaction rules only parse them."""
+
+    validators: ValidatorSet
+    approvals: tuple[Approval, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ChainParameters:
     """Consensus-critical limits every validator must agree on (fixed by the genesis)."""
 

@@ -26,6 +26,7 @@ from medledger.ledger.consensus import (
     Vote,
 )
 from medledger.ledger.consensus.encoding import proposal_payload, vote_payload
+from medledger.ledger.sim.coalition import Coalition
 
 _REPLAY_MEMORY = 64
 
@@ -37,6 +38,7 @@ class Behaviour(StrEnum):
     REPLAY = "replay"
     WITHHOLD = "withheld"
     GARBAGE = "garbage"
+    FORK = "fork"
 
 
 class Adversary:
@@ -49,6 +51,7 @@ class Adversary:
         chain_id: str,
         behaviours: frozenset[Behaviour],
         faults: Counter[str],
+        coalition: Coalition | None = None,
     ) -> None:
         self._rng = rng
         self._key = key
@@ -58,6 +61,7 @@ class Adversary:
         self.behaviours = behaviours
         self._faults = faults
         self._seen: list[Message] = []
+        self._coalition = coalition
 
     def observe(self, message: Message) -> None:
         """Remember a message it received, to replay later."""
@@ -68,7 +72,7 @@ class Adversary:
     def _others(self) -> list[int]:
         return [i for i in range(self._size) if i != self.index]
 
-    def rewrite(self, outbound: Outbound) -> list[tuple[int, object]]:
+    def rewrite(self, outbound: Outbound, now: float) -> list[tuple[int, object]]:
         """What actually leaves the Byzantine validator for one outbound message."""
         message = outbound.message
         targets = self._others() if outbound.to is None else [outbound.to]
@@ -76,6 +80,11 @@ class Adversary:
         b = self.behaviours
         rng = self._rng
         sends: list[tuple[int, object]] = []
+        coalition = self._coalition
+        if Behaviour.FORK in b and coalition is not None:
+            crafted = self._coalition_rewrite(coalition, message, now)
+            if crafted is not None:
+                return crafted
         if (
             Behaviour.WITHHOLD in b
             and isinstance(message, (Vote, Timeout, FinalityVote))
@@ -109,6 +118,24 @@ class Adversary:
             self._faults[Behaviour.GARBAGE] += 1
             sends.append((rng.choice(self._others()), self._garbage()))
         return sends
+
+    def _coalition_rewrite(
+        self, coalition: Coalition, message: Message, now: float
+    ) -> list[tuple[int, object]] | None:
+        """The coalition's version of a proposal, timeout or vote; None to leave it be."""
+        rng = self._rng
+        sends: list[tuple[int, object]] = []
+        if coalition.withheld and rng.random() < 0.05:
+            sends += coalition.reveal()
+        if isinstance(message, Proposal) and rng.random() < 0.8:
+            sends += coalition.fork(self.index, message, now)
+        elif isinstance(message, Timeout) and rng.random() < 0.5:
+            sends += coalition.timeout(self.index, message)
+        elif isinstance(message, Vote):
+            leader = (message.round + 1) % self._size
+            sends.append((leader, message))
+            sends += coalition.member_votes(message.round, leader)
+        return sends or None
 
     def _twin_proposal(self, proposal: Proposal) -> Proposal:
         header = proposal.block.header

@@ -31,7 +31,6 @@ class StateChecker:
     ) -> None:
         self._honest = honest
         self._rules = rules
-        self._validators = validators
         self._chain_id = chain_id
         self.submitted: dict[bytes, bytes] = {}
         """tx id -> bytes of every transaction a client sent (valid or not)."""
@@ -41,8 +40,12 @@ class StateChecker:
         self.final_ids: dict[int, dict[bytes, int]] = {}
         self.hashes: dict[int, dict[int, bytes]] = {}
         self.certified: dict[int, set[int]] = {}
-        self._verifier = SignatureVerifier(validators)
         self._validity: dict[bytes, str | None] = {}
+        # Validator sets by the first height they certify: the genesis set, then each
+        # committed reconfiguration's.
+        self._epochs: list[tuple[int, ValidatorSet, SignatureVerifier]] = [
+            (1, validators, SignatureVerifier(validators))
+        ]
 
     def on_committed(self, node: int, blocks: tuple[Block, ...]) -> None:
         if node not in self._honest:
@@ -63,6 +66,7 @@ class StateChecker:
                     f" {height}, another honest validator {known.hex()[:16]}"
                 )
             hashes[height] = block.hash
+            self._note_reconfiguration(block)
             for tx in block.transactions:
                 tx_id = self._rules.tx_id(tx)
                 if self.submitted.get(tx_id) != tx:
@@ -79,15 +83,30 @@ class StateChecker:
                 final[tx_id] = height
         self.heights[node] = height
 
+    def _note_reconfiguration(self, block: Block) -> None:
+        header = block.header
+        if header.next_validator_set_hash == header.validator_set_hash:
+            return
+        if any(first == block.height + 1 for first, _, _ in self._epochs):
+            return
+        change = next(
+            (c for tx in block.transactions if (c := self._rules.validator_set_change(tx))), None
+        )
+        if change is None or change.validators.hash != header.next_validator_set_hash:
+            raise SafetyViolationError(f"height {block.height} announces a set it does not carry")
+        validators = change.validators
+        self._epochs.append((block.height + 1, validators, SignatureVerifier(validators)))
+
     def on_certificates(self, node: int, certificates: tuple[FinalityCertificate, ...]) -> None:
         if node not in self._honest:
             return
         hashes = self.hashes.get(node, {})
         for certificate in certificates:
+            _, validators, verifier = max(
+                (e for e in self._epochs if e[0] <= certificate.height), key=lambda e: e[0]
+            )
             try:
-                verify_finality_certificate(
-                    certificate, self._validators, self._chain_id, self._verifier
-                )
+                verify_finality_certificate(certificate, validators, self._chain_id, verifier)
             except VerificationError as bad:
                 raise SafetyViolationError(
                     f"validator {node} output a bad certificate: {bad}"

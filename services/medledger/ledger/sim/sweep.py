@@ -42,9 +42,9 @@ class SweepReport:
         return int(Outcome.OK)
 
 
-def _run(job: tuple[int, int, int | None]) -> SimulationResult:
-    seed, validators, byzantine = job
-    return simulate(seed, validators, byzantine)
+def _run(job: tuple[int, int, int | None, bool]) -> SimulationResult:
+    seed, validators, byzantine, reconfigure = job
+    return simulate(seed, validators, byzantine, reconfigure)
 
 
 def sweep(
@@ -53,20 +53,32 @@ def sweep(
     byzantine: int | None = None,
     jobs: int = 1,
     on_result: Callable[[SimulationResult], None] | None = None,
+    stop_on: Outcome | None = None,
+    reconfigure: bool = False,
 ) -> SweepReport:
-    """Run one simulation per seed (in `jobs` processes) and aggregate the results."""
+    """Run one simulation per seed (in `jobs` processes) and aggregate the results.
+
+    With `stop_on`, the sweep ends at the first run with that outcome (a search for a
+    counterexample rather than a full sweep). With `reconfigure`, every run changes its
+    validator set through governance (see Simulation)."""
     report = SweepReport()
-    work = [(seed, validators, byzantine) for seed in seeds]
+    work = [(seed, validators, byzantine, reconfigure) for seed in seeds]
     if jobs <= 1:
-        results: Iterable[SimulationResult] = map(_run, work)
-        for result in results:
+        for result in map(_run, work):
             report.add(result)
             if on_result is not None:
                 on_result(result)
+            if result.outcome is stop_on:
+                break
         return report
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        for result in pool.map(_run, work, chunksize=8):
+    pool = ProcessPoolExecutor(max_workers=jobs)
+    try:
+        for result in pool.map(_run, work, chunksize=4 if stop_on else 8):
             report.add(result)
             if on_result is not None:
                 on_result(result)
+            if result.outcome is stop_on:
+                break
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     return report

@@ -6,7 +6,7 @@ import random
 
 from medledger.crypto import SigningContext, SigningKey, VerifyKey, sha256
 from medledger.crypto.signing import SIGNATURE_SIZE
-from medledger.ledger.consensus import ValidatorSet
+from medledger.ledger.consensus import ValidatorSetChange
 
 _PREFIX = b"simtx1"
 
@@ -16,6 +16,12 @@ class SimTransactionRules:
 
     def __init__(self, client_key: VerifyKey) -> None:
         self._client = client_key
+        self._changes: dict[bytes, ValidatorSetChange] = {}
+
+    def register_change(self, tx: bytes, change: ValidatorSetChange) -> None:
+        """Make `tx` a governance transaction asking for `change` (the simulation's
+        stand-in for parsing one)."""
+        self._changes[tx] = change
 
     def tx_id(self, tx: bytes) -> bytes:
         return sha256(tx[:-SIGNATURE_SIZE])
@@ -28,8 +34,8 @@ class SimTransactionRules:
             return "bad client signature"
         return None
 
-    def validator_set_change(self, tx: bytes) -> ValidatorSet | None:
-        return None
+    def validator_set_change(self, tx: bytes) -> ValidatorSetChange | None:
+        return self._changes.get(tx)
 
 
 class Workload:
@@ -46,3 +52,10 @@ class Workload:
         if not valid:
             signature = bytes([signature[0] ^ 0x01]) + signature[1:]
         return body + signature
+
+    def governance(self, change: ValidatorSetChange, rules: SimTransactionRules) -> bytes:
+        """A client-signed transaction carrying `change`."""
+        body = _PREFIX + b"governance" + change.validators.hash
+        tx = body + self._client.sign(SigningContext.TRANSACTION, body)
+        rules.register_change(tx, change)
+        return tx

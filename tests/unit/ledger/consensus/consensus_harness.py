@@ -26,6 +26,7 @@ from medledger.ledger.consensus import (
     TimeoutSignature,
     ValidatorInfo,
     ValidatorSet,
+    ValidatorSetChange,
     ValidatorSignature,
     Vote,
     genesis_block,
@@ -56,7 +57,7 @@ class Rules:
         self.validations += 1
         return None if tx.startswith(b"ok:") else "not ok"
 
-    def validator_set_change(self, tx: bytes) -> ValidatorSet | None:
+    def validator_set_change(self, tx: bytes) -> ValidatorSetChange | None:
         return None
 
 
