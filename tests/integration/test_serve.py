@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -26,6 +28,18 @@ def test_serve_ledger_reports_health_and_exits_cleanly_on_sigterm(
     validator = ValidatorProcess(tmp_path / "consortium", "org-a", [nats_server.url], tmp_path)
     validator.start(timeout=30)
     assert validator.serving()
+    # The chart's `helm test` script passes against the real service.
+    script = Path(__file__).parents[2] / "charts" / "medledger" / "files" / "helm_test.py"
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        env={**os.environ, "MEDLEDGER_TEST_TARGETS": f"ledger={validator.address}"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "GetLatestBlock answered as expected" in result.stdout
     pid = validator.process.pid
     assert pid is not None
     os.kill(pid, signal.SIGTERM)

@@ -1,5 +1,9 @@
 """`helm test` check: every medledger component is SERVING and answers a real RPC.
 
+The RPC is one of the component's own API: identity's public GetJwks must succeed; every
+other component must refuse an unauthenticated read with UNAUTHENTICATED, which shows the
+API is routed and deny-by-default authentication is in force.
+
 Runs inside the medledger image (grpcio, grpcio-health-checking and grpcio-reflection
 are dependencies of the package). Targets come from MEDLEDGER_TEST_TARGETS as
 `component=host:port` pairs separated by commas.
@@ -16,6 +20,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 TIMEOUT_SECONDS = 10.0
+
+# component -> (full method name, whether it must succeed without a token)
+PROBES = {
+    "identity": ("/medledger.identity.v1.IdentityService/GetJwks", True),
+    "ledger": ("/medledger.ledger.v1.LedgerService/GetLatestBlock", False),
+    "consent": ("/medledger.consent.v1.ConsentService/ListConsents", False),
+    "records": ("/medledger.records.v1.RecordsService/ListRecords", False),
+    "audit": ("/medledger.audit.v1.AuditService/GetLatestCheckpoint", False),
+}
 
 
 class ComponentCheckError(Exception):
@@ -64,10 +77,31 @@ def check_component(component: str, target: str) -> list[str]:
             ]
         except grpc.RpcError as error:
             raise ComponentCheckError(component, "NO_REFLECTION", str(error.code())) from error
-    api = [name for name in names if name.startswith(f"medledger.{component}.")]
-    if not api:
-        raise ComponentCheckError(component, "API_MISSING", f"services listed: {names}")
+        api = [name for name in names if name.startswith(f"medledger.{component}.")]
+        if not api:
+            raise ComponentCheckError(component, "API_MISSING", f"services listed: {names}")
+        probe_api(component, channel)
     return api
+
+
+def probe_api(component: str, channel: grpc.Channel) -> None:
+    """Call the component's probe RPC with an empty request and no token."""
+    probe = PROBES.get(component)
+    if probe is None:
+        return
+    method, public = probe
+    call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+    try:
+        call(b"", timeout=TIMEOUT_SECONDS)
+    except grpc.RpcError as error:
+        code = error.code()
+        if not public and code == grpc.StatusCode.UNAUTHENTICATED:
+            return
+        raise ComponentCheckError(component, "RPC_FAILED", f"{method}: {code}") from error
+    if not public:
+        raise ComponentCheckError(
+            component, "NOT_AUTHENTICATED", f"{method} answered without a token"
+        )
 
 
 def main() -> int:
@@ -87,7 +121,10 @@ def main() -> int:
             failures += 1
             print(f"FAIL {failure}", file=sys.stderr)
         else:
-            print(f"ok   {component} at {target}: SERVING, exposes {', '.join(api)}")
+            print(
+                f"ok   {component} at {target}: SERVING, exposes {', '.join(api)}, "
+                f"{PROBES.get(component, ('no probe',))[0]} answered as expected"
+            )
     return 1 if failures else 0
 
 
