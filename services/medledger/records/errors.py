@@ -14,14 +14,18 @@ MedledgerError
 ├── PermissionDenied
 │   └── AccessDenied             ACCESS_DENIED (reason from consent in metadata)
 ├── FailedPrecondition
-│   └── RecordErased             RECORD_ERASED
+│   ├── RecordErased             RECORD_ERASED
+│   └── RecordPending            RECORD_PENDING
 ├── OutOfRange
 │   └── RangeNotSatisfiable      RANGE_NOT_SATISFIABLE
 ├── ResourceExhausted
 │   └── UploadTooLarge           UPLOAD_TOO_LARGE
 ├── Unavailable
 │   ├── StorageUnavailable       STORAGE_UNAVAILABLE
-│   └── MetadataUnavailable      METADATA_UNAVAILABLE
+│   ├── MetadataUnavailable      METADATA_UNAVAILABLE
+│   ├── AuditUnavailable         AUDIT_UNAVAILABLE
+│   ├── ConsentUnavailable       CONSENT_UNAVAILABLE
+│   └── LedgerUnavailable        LEDGER_UNAVAILABLE
 └── Internal
     └── RecordIntegrityError     RECORD_INTEGRITY_FAILED
 """
@@ -97,3 +101,25 @@ class RecordIntegrityError(Internal):
     """Stored content failed authentication or does not match its metadata."""
 
     reason = "RECORD_INTEGRITY_FAILED"
+
+
+class RecordPending(FailedPrecondition):
+    """The record is stored but its ledger registration is not final yet."""
+
+    reason = "RECORD_PENDING"
+
+
+class AuditUnavailable(Unavailable):
+    """An access could not be audited, so it was not performed."""
+
+    reason = "AUDIT_UNAVAILABLE"
+
+
+class ConsentUnavailable(Unavailable):
+    """Consent could not be asked, so the read was refused."""
+
+    reason = "CONSENT_UNAVAILABLE"
+
+
+class LedgerUnavailable(Unavailable):
+    reason = "LEDGER_UNAVAILABLE"

@@ -1,8 +1,8 @@
 """Blob storage in S3 or MinIO through the `minio` SDK.
 
 Objects are written by multipart upload, one part (at least 5 MiB) in flight
-while the next fills, so memory stays at about two parts whatever the object
-size; a failed or cancelled write aborts its multipart upload. The SDK is
+while the next fills, so memory stays at two parts whatever the object size;
+a failed or cancelled write aborts its multipart upload. The SDK is
 synchronous, so every call runs in this backend's own thread pool.
 """
 
@@ -233,6 +233,8 @@ class _S3Writer:
             await self._send_part()
 
     async def _send_part(self) -> None:
+        # The previous part finishes before this one is joined: two parts in memory at most.
+        await self._await_inflight()
         part = b"".join(self._pieces)
         self._pieces, self._buffered = [], 0
         if self._upload_id is None:
@@ -242,7 +244,6 @@ class _S3Writer:
                 self._name,
                 {"Content-Type": "application/octet-stream"},
             )
-        await self._await_inflight()
         number = len(self._parts) + 1
         self._parts.append(Part(number, ""))
         self._inflight = asyncio.ensure_future(

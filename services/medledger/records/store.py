@@ -4,6 +4,11 @@ Only non-identifying facts are stored in clear: pseudonym, data class, sizes,
 hashes, the wrapped data key and its KEK id, DICOM modality and SOP class.
 Crypto-shredding overwrites the wrapped key with NULL (SQLite runs with
 secure_delete so the old bytes are zeroed in the file).
+
+The table is also the ledger outbox: a record's signed registration (and later
+its erasure) transaction is written in the same row, in the same statement, as
+the record itself, and stays "unsettled" until the ledger reports it final. A
+record whose registration is not final is PENDING and is not listed or served.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -56,6 +62,31 @@ class RecordMetadata:
     sop_class_uid: str | None = None
     erased: bool = False
     erased_at: datetime | None = None
+    registration_tx: bytes | None = field(default=None, repr=False)
+    registration_tx_id: str = ""
+    registration_height: int = 0
+    erasure_tx_id: str = ""
+    erasure_height: int = 0
+
+    @property
+    def registered(self) -> bool:
+        """Whether the ledger holds the record's registration in a final block."""
+        return self.registration_height > 0
+
+
+class CommitKind(StrEnum):
+    REGISTRATION = "registration"
+    ERASURE = "erasure"
+
+
+@dataclass(frozen=True, slots=True)
+class UnsettledCommit:
+    """A ledger transaction of the outbox that is not yet final."""
+
+    record_id: str
+    kind: CommitKind
+    tx_id: str
+    signed_tx: bytes = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +95,7 @@ class RecordFilter:
     data_class: str | None = None
     study_id: str | None = None
     include_erased: bool = False
+    include_pending: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +113,19 @@ class MetadataStore(Protocol):
         self, where: RecordFilter, page_size: int = 0, page_token: str = ""
     ) -> RecordPage: ...
 
-    async def shred(self, record_id: str, erased_at: datetime) -> RecordMetadata:
-        """Destroy the wrapped data key and mark the record erased (idempotent)."""
+    async def shred(
+        self, record_id: str, erased_at: datetime, erasure_tx: bytes, erasure_tx_id: str
+    ) -> RecordMetadata:
+        """Destroy the wrapped data key, mark the record erased and queue its erasure
+        transaction, in one statement (idempotent: a second call changes nothing)."""
+        ...
+
+    async def unsettled(self, limit: int) -> list[UnsettledCommit]:
+        """Outbox entries whose transaction is not yet final, oldest first."""
+        ...
+
+    async def mark_final(self, record_id: str, kind: CommitKind, height: int) -> None:
+        """Record that the registration (or erasure) of `record_id` is final at `height`."""
         ...
 
     async def delete(self, record_id: str) -> None:
@@ -106,7 +149,8 @@ _COLUMNS = (
     "record_id, patient_pseudonym, data_class, sensitivity_labels, content_type, size_bytes, "
     "ciphertext_size, ciphertext_sha256, plaintext_commitment, blob_key, wrapped_key, kek_id, "
     "custodian, study_id, modality, sop_class_uid, created_by, created_at_us, erased, "
-    "erased_at_us"
+    "erased_at_us, registration_tx, registration_tx_id, registration_height, erasure_tx_id, "
+    "erasure_height"
 )
 _COLUMN_COUNT = _COLUMNS.count(",") + 1
 
@@ -131,12 +175,20 @@ CREATE TABLE IF NOT EXISTS records (
     created_by TEXT NOT NULL,
     created_at_us BIGINT NOT NULL,
     erased INTEGER NOT NULL DEFAULT 0,
-    erased_at_us BIGINT
+    erased_at_us BIGINT,
+    registration_tx {blob},
+    registration_tx_id TEXT NOT NULL DEFAULT '',
+    registration_height BIGINT NOT NULL DEFAULT 0,
+    erasure_tx {blob},
+    erasure_tx_id TEXT NOT NULL DEFAULT '',
+    erasure_height BIGINT NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS records_by_patient
     ON records (patient_pseudonym, created_at_us DESC, record_id DESC);
 CREATE INDEX IF NOT EXISTS records_by_study ON records (study_id);
 CREATE INDEX IF NOT EXISTS records_by_kek ON records (kek_id);
+CREATE INDEX IF NOT EXISTS records_unregistered ON records (registration_height, created_at_us);
+CREATE INDEX IF NOT EXISTS records_unerased ON records (erasure_height, erased);
 """
 
 
@@ -170,6 +222,11 @@ def _row(record: RecordMetadata) -> tuple[Any, ...]:
         _to_us(record.created_at),
         int(record.erased),
         None if record.erased_at is None else _to_us(record.erased_at),
+        record.registration_tx,
+        record.registration_tx_id,
+        record.registration_height,
+        record.erasure_tx_id,
+        record.erasure_height,
     )
 
 
@@ -197,6 +254,11 @@ def _record(row: Sequence[Any]) -> RecordMetadata:
         created_at=created_at,
         erased=bool(row[18]),
         erased_at=_from_us(row[19]),
+        registration_tx=None if row[20] is None else bytes(row[20]),
+        registration_tx_id=row[21] or "",
+        registration_height=int(row[22] or 0),
+        erasure_tx_id=row[23] or "",
+        erasure_height=int(row[24] or 0),
     )
 
 
@@ -227,6 +289,8 @@ def _list_query(where: RecordFilter, page_size: int, page_token: str) -> tuple[s
             params.append(value)
     if not where.include_erased:
         clauses.append("erased = 0")
+    if not where.include_pending:
+        clauses.append("registration_height > 0")
     if page_token:
         created_at_us, record_id = _parse_page_token(page_token)
         clauses.append("(created_at_us < ? OR (created_at_us = ? AND record_id < ?))")
@@ -280,13 +344,44 @@ class _SqlMetadataStore:
             return RecordPage(records[:size], _page_token(records[size - 1]))
         return RecordPage(records, "")
 
-    async def shred(self, record_id: str, erased_at: datetime) -> RecordMetadata:
+    async def shred(
+        self, record_id: str, erased_at: datetime, erasure_tx: bytes, erasure_tx_id: str
+    ) -> RecordMetadata:
         await self._execute(
             "UPDATE records SET wrapped_key = NULL, kek_id = NULL, erased = 1, "
-            "erased_at_us = COALESCE(erased_at_us, ?) WHERE record_id = ?",
-            (_to_us(erased_at), record_id),
+            "erased_at_us = ?, erasure_tx = ?, erasure_tx_id = ? "
+            "WHERE record_id = ? AND erased = 0",
+            (_to_us(erased_at), erasure_tx, erasure_tx_id, record_id),
         )
         return await self.get(record_id)
+
+    async def unsettled(self, limit: int) -> list[UnsettledCommit]:
+        rows = await self._fetch(
+            "SELECT record_id, registration_tx_id, registration_tx FROM records "
+            "WHERE registration_height = 0 AND registration_tx IS NOT NULL "
+            "ORDER BY created_at_us LIMIT ?",
+            (limit,),
+        )
+        found = [
+            UnsettledCommit(row[0], CommitKind.REGISTRATION, row[1], bytes(row[2])) for row in rows
+        ]
+        rows = await self._fetch(
+            "SELECT record_id, erasure_tx_id, erasure_tx FROM records "
+            "WHERE erased = 1 AND erasure_height = 0 AND erasure_tx IS NOT NULL "
+            "ORDER BY erased_at_us LIMIT ?",
+            (limit,),
+        )
+        found += [
+            UnsettledCommit(row[0], CommitKind.ERASURE, row[1], bytes(row[2])) for row in rows
+        ]
+        return found
+
+    async def mark_final(self, record_id: str, kind: CommitKind, height: int) -> None:
+        column = "registration_height" if kind is CommitKind.REGISTRATION else "erasure_height"
+        await self._execute(
+            f"UPDATE records SET {column} = ? WHERE record_id = ?",  # noqa: S608 -- fixed names
+            (height, record_id),
+        )
 
     async def delete(self, record_id: str) -> None:
         await self._execute("DELETE FROM records WHERE record_id = ?", (record_id,))

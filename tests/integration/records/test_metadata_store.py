@@ -12,9 +12,11 @@ import pytest_asyncio
 
 from medledger.records.errors import InvalidRecordRequest, RecordAlreadyExists, RecordNotFound
 from medledger.records.store import (
+    CommitKind,
     MetadataStore,
     RecordFilter,
     RecordMetadata,
+    RecordPage,
     open_metadata_store,
 )
 
@@ -53,6 +55,9 @@ def record(n: int, **kw: object) -> RecordMetadata:
         "study_id": "study-x" if n < 3 else None,
         "modality": "CT",
         "sop_class_uid": "1.2.840.10008.5.1.4.1.1.2",
+        "registration_tx": b"tx-%d" % n,
+        "registration_tx_id": f"{n:064x}",
+        "registration_height": n,
     }
     options.update(kw)
     return RecordMetadata(**options)  # type: ignore[arg-type]
@@ -100,12 +105,11 @@ async def test_shred_and_rewrap(store: MetadataStore) -> None:
     ]
     assert await store.replace_wrapped_key(first.record_id, "kek-1", "kek-2", b"new")
     assert not await store.replace_wrapped_key(first.record_id, "kek-1", "kek-2", b"again")
-    erased = await store.shred(second.record_id, T0 + timedelta(days=1))
+    erased = await store.shred(second.record_id, T0 + timedelta(days=1), b"erase", "e" * 64)
     assert (erased.erased, erased.wrapped_key, erased.kek_id) == (True, None, None)
     assert erased.erased_at == T0 + timedelta(days=1)
-    assert (
-        await store.shred(second.record_id, T0 + timedelta(days=2))
-    ).erased_at == erased.erased_at
+    again = await store.shred(second.record_id, T0 + timedelta(days=2), b"other", "f" * 64)
+    assert (again.erased_at, again.erasure_tx_id) == (erased.erased_at, "e" * 64)
     assert await store.wrapped_keys_not_under("kek-2", 10) == []
     live = await store.list_records(RecordFilter())
     assert [r.record_id for r in live.records] == [first.record_id]
@@ -114,3 +118,27 @@ async def test_shred_and_rewrap(store: MetadataStore) -> None:
     await store.delete(first.record_id)
     with pytest.raises(RecordNotFound):
         await store.get(first.record_id)
+
+
+async def test_outbox_entries_until_final(store: MetadataStore) -> None:
+    pending = record(5, registration_height=0)
+    await store.insert(pending)
+    await store.insert(record(6))
+    assert await store.list_records(RecordFilter(patient_pseudonym="pp-1")) == RecordPage([], "")
+    with_pending = await store.list_records(RecordFilter(include_pending=True))
+    assert [r.record_id for r in with_pending.records] == [record(6).record_id, pending.record_id]
+    [entry] = await store.unsettled(10)
+    assert (entry.record_id, entry.kind, entry.tx_id, entry.signed_tx) == (
+        pending.record_id,
+        CommitKind.REGISTRATION,
+        pending.registration_tx_id,
+        b"tx-5",
+    )
+    await store.mark_final(pending.record_id, CommitKind.REGISTRATION, 42)
+    assert (await store.get(pending.record_id)).registration_height == 42
+    await store.shred(pending.record_id, T0, b"erase-5", "e" * 64)
+    [erasure] = await store.unsettled(10)
+    assert (erasure.kind, erasure.signed_tx) == (CommitKind.ERASURE, b"erase-5")
+    await store.mark_final(pending.record_id, CommitKind.ERASURE, 43)
+    assert await store.unsettled(10) == []
+    assert (await store.get(pending.record_id)).erasure_height == 43

@@ -112,6 +112,7 @@ async def service(storage: S3BlobStorage, tmp_path: Path) -> AsyncIterator[Recor
         audit=MemoryAudit(),
         custodian="organisations/h1",
         chunk_size=4096,
+        registration_wait_seconds=2.0,
     )
     await store.close()
 

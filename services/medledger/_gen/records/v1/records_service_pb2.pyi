@@ -89,46 +89,34 @@ Global___VerificationResult: _TypeAlias = VerificationResult  # noqa: Y015
 
 @_typing.final
 class ImagingInstance(_message.Message):
-    """DICOM identification of one imaging instance. DICOM UIDs identify
-    studies of a person, so they stay in the records service's store: never
-    in logs, never on the ledger.
+    """Non-identifying description of one imaging instance. The DICOM UIDs
+    (Study, Series and SOP Instance UIDs) and every other identifying tag stay
+    inside the encrypted object: a UID names one examination of one person
+    and is the kind of value that joins data sets, so it is never stored,
+    listed, logged or registered in plaintext. Instances are grouped by the
+    opaque study id instead (see Study).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    STUDY_INSTANCE_UID_FIELD_NUMBER: _builtins.int
-    SERIES_INSTANCE_UID_FIELD_NUMBER: _builtins.int
-    SOP_INSTANCE_UID_FIELD_NUMBER: _builtins.int
     SOP_CLASS_UID_FIELD_NUMBER: _builtins.int
     MODALITY_FIELD_NUMBER: _builtins.int
-    INSTANCE_NUMBER_FIELD_NUMBER: _builtins.int
-    study_instance_uid: _builtins.str
-    """Required. DICOM Study Instance UID (0020,000D)."""
-    series_instance_uid: _builtins.str
-    """Required. DICOM Series Instance UID (0020,000E)."""
-    sop_instance_uid: _builtins.str
-    """Required. DICOM SOP Instance UID (0008,0018)."""
     sop_class_uid: _builtins.str
-    """Required. DICOM SOP Class UID (0008,0016), for example
-    "1.2.840.10008.5.1.4.1.1.2" (CT Image Storage).
+    """Output only. DICOM SOP Class UID (0008,0016), for example
+    "1.2.840.10008.5.1.4.1.1.2" (CT Image Storage). A class of object, not
+    an identifier of anyone's data.
     """
     modality: _builtins.str
-    """Required. DICOM modality code (0008,0060), for example "CT" or "MR"."""
-    instance_number: _builtins.int
-    """Optional. DICOM Instance Number (0020,0013)."""
+    """Output only. DICOM modality code (0008,0060), for example "CT" or "MR"."""
     def __init__(
         self,
         *,
-        study_instance_uid: _builtins.str = ...,
-        series_instance_uid: _builtins.str = ...,
-        sop_instance_uid: _builtins.str = ...,
         sop_class_uid: _builtins.str = ...,
         modality: _builtins.str = ...,
-        instance_number: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_number", b"instance_number", "modality", b"modality", "series_instance_uid", b"series_instance_uid", "sop_class_uid", b"sop_class_uid", "sop_instance_uid", b"sop_instance_uid", "study_instance_uid", b"study_instance_uid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["modality", b"modality", "sop_class_uid", b"sop_class_uid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -188,7 +176,7 @@ class Record(_message.Message):
 
     @_builtins.property
     def imaging(self) -> Global___ImagingInstance:
-        """Output only. DICOM identification; unset for non-imaging records."""
+        """Output only. Modality and SOP class; unset for non-imaging records."""
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -268,8 +256,11 @@ class RecordHeader(_message.Message):
     """
     study: _builtins.str
     """Optional. Resource name of the imaging study to file the instance under,
-    "studies/{study}". When empty and `imaging` is set, the study is found
-    or created from imaging.study_instance_uid for this patient.
+    "studies/{study}", an opaque id. When empty and the content type is
+    "application/dicom", the server reads the instance's Study Instance UID
+    inside the service and files it under an opaque id derived from it (a
+    keyed hash, per patient), so instances of one examination group
+    together while the UID itself stays encrypted.
     """
     request_id: _builtins.str
     """Optional. Idempotency key (a UUID, AIP-155): a retried upload with the
@@ -281,7 +272,10 @@ class RecordHeader(_message.Message):
 
     @_builtins.property
     def imaging(self) -> Global___ImagingInstance:
-        """Optional. DICOM identification, for imaging instances."""
+        """Ignored: the server reads modality and SOP class from the instance
+        itself ("application/dicom" content); clients send no DICOM tags in
+        plaintext.
+        """
 
     def __init__(
         self,
@@ -687,7 +681,7 @@ class StudyInstance(_message.Message):
     """Output only. Plaintext size of the instance in bytes."""
     @_builtins.property
     def imaging(self) -> Global___ImagingInstance:
-        """Output only. DICOM identification of the instance."""
+        """Output only. Modality and SOP class of the instance."""
 
     def __init__(
         self,
@@ -712,7 +706,6 @@ class Study(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     PATIENT_PSEUDONYM_FIELD_NUMBER: _builtins.int
-    STUDY_INSTANCE_UID_FIELD_NUMBER: _builtins.int
     MODALITIES_FIELD_NUMBER: _builtins.int
     INSTANCES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
@@ -721,16 +714,14 @@ class Study(_message.Message):
     """
     patient_pseudonym: _builtins.str
     """Output only. Pseudonymous id of the patient."""
-    study_instance_uid: _builtins.str
-    """Output only. DICOM Study Instance UID (0020,000D)."""
     @_builtins.property
     def modalities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Output only. Distinct modalities of the instances, sorted."""
 
     @_builtins.property
     def instances(self) -> _containers.RepeatedCompositeFieldContainer[Global___StudyInstance]:
-        """Output only. The instances the caller may see, ordered by series UID
-        then instance number; erased instances are left out.
+        """Output only. The instances, oldest upload first; erased and
+        not-yet-registered instances are left out.
         """
 
     def __init__(
@@ -738,13 +729,12 @@ class Study(_message.Message):
         *,
         name: _builtins.str = ...,
         patient_pseudonym: _builtins.str = ...,
-        study_instance_uid: _builtins.str = ...,
         modalities: _abc.Iterable[_builtins.str] | None = ...,
         instances: _abc.Iterable[Global___StudyInstance] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["instances", b"instances", "modalities", b"modalities", "name", b"name", "patient_pseudonym", b"patient_pseudonym", "study_instance_uid", b"study_instance_uid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instances", b"instances", "modalities", b"modalities", "name", b"name", "patient_pseudonym", b"patient_pseudonym"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
