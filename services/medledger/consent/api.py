@@ -68,11 +68,11 @@ class ConsentApi(pb_grpc.ConsentServiceServicer):
     def __init__(self, service: ConsentService) -> None:
         self._service = service
 
-    def _patient_scope(self, caller: CallerIdentity, patient: str) -> None:
+    async def _patient_scope(self, caller: CallerIdentity, patient: str) -> None:
         """Readers see any patient; a patient principal only their own pseudonym."""
         if caller.has_any_role(READER_ROLES):
             return
-        facts = self._service.index.principal(caller.principal_id)
+        facts = await self._service.principal(caller.principal_id)
         if facts is not None and facts.patient and facts.patient == patient:
             return
         raise ConsentForbidden("NOT_YOUR_PATIENT", "the caller may not see this patient's consents")
@@ -115,8 +115,8 @@ class ConsentApi(pb_grpc.ConsentServiceServicer):
     async def GetConsent(  # noqa: N802
         self, request: pb.GetConsentRequest, context: Context
     ) -> pb.Consent:
-        consent = self._service.get_consent(request.name, request.version)
-        self._patient_scope(current_caller(), consent.terms.patient_pseudonym)
+        consent = await self._service.get_consent(request.name, request.version)
+        await self._patient_scope(current_caller(), consent.terms.patient_pseudonym)
         return consent
 
     async def ListConsents(  # noqa: N802
@@ -124,8 +124,8 @@ class ConsentApi(pb_grpc.ConsentServiceServicer):
     ) -> pb.ListConsentsResponse:
         caller = current_caller()
         if not caller.has_any_role(READER_ROLES) or request.patient_pseudonym:
-            self._patient_scope(caller, request.patient_pseudonym)
-        return self._service.list_consents(
+            await self._patient_scope(caller, request.patient_pseudonym)
+        return await self._service.list_consents(
             request.patient_pseudonym, request.state, request.page_size, request.page_token
         )
 
@@ -136,7 +136,7 @@ class ConsentApi(pb_grpc.ConsentServiceServicer):
         if not caller.has_any_role([DECIDER_ROLE]):
             # Anyone else asks about themself, as their token says they are.
             request.actor.CopyFrom(actor_of(caller))
-        return self._service.check_access(request)
+        return await self._service.check(request)
 
     async def BreakGlass(  # noqa: N802
         self, request: pb.BreakGlassRequest, context: Context
@@ -159,7 +159,7 @@ class ConsentApi(pb_grpc.ConsentServiceServicer):
         self, request: pb.ExportFhirConsentRequest, context: Context
     ) -> pb.ExportFhirConsentResponse:
         return pb.ExportFhirConsentResponse(
-            fhir_consent_json=self._service.export_fhir(request.name, request.version)
+            fhir_consent_json=await self._service.export_fhir(request.name, request.version)
         )
 
 

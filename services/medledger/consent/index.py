@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,8 +30,9 @@ from medledger._gen.common.v1 import (
 from medledger._gen.common.v1 import transaction_pb2 as tx_pb
 from medledger._gen.ledger.v1 import ledger_service_pb2 as ledger_pb
 from medledger.consent.errors import ConsentInvalid
-from medledger.consent.policy import CompiledConsent, PatientView
+from medledger.consent.policy import CompiledConsent, ConsentCompiler, PatientView
 from medledger.consent.terms import check_consent_name, check_revocation, check_terms
+from medledger.consent.views import PatientViews, ViewStats
 from medledger.crypto import KeyFormatError, SigningContext, VerifyKey, sha256
 
 CUSTODIAN_ROLE = "consent_custodian"
@@ -146,7 +146,14 @@ class RecordFacts:
 class Database(Protocol):
     """The SQL the index needs; ``?`` placeholders in every statement."""
 
+    remote: bool
+    """Whether calls wait on the network (run them off the event loop)."""
+
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+
+    def iterate(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        """Rows of a large result without holding them all in memory."""
+        ...
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
 
@@ -157,6 +164,8 @@ class Database(Protocol):
 
 
 class SqliteDatabase:
+    remote = False
+
     def __init__(self, path: str) -> None:
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -168,6 +177,12 @@ class SqliteDatabase:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             return self._conn.execute(sql, params).fetchall()
+
+    def iterate(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        with self._lock:
+            cursor = self._conn.execute(sql, params)
+            while rows := cursor.fetchmany(10_000):
+                yield from rows
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         with self._lock:
@@ -189,6 +204,8 @@ class SqliteDatabase:
 
 
 class PostgresDatabase:
+    remote = True
+
     def __init__(self, dsn: str) -> None:
         import psycopg
 
@@ -205,6 +222,11 @@ class PostgresDatabase:
             cursor = self._conn.execute(self._sql(sql), params)
             rows: list[tuple[Any, ...]] = cursor.fetchall() if cursor.description else []
             return [tuple(bytes(v) if isinstance(v, memoryview) else v for v in r) for r in rows]
+
+    def iterate(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        with self._lock, self._conn.cursor() as cursor:
+            for row in cursor.stream(self._sql(sql), params):
+                yield tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         with self._lock, self._conn.cursor() as cursor:
@@ -241,16 +263,19 @@ class ConsentIndex:
         db: Database,
         validators: ledger_pb.ValidatorSet | None = None,
         *,
-        cache_size: int = 100_000,
+        cache_size: int | None = None,
     ) -> None:
+        """``cache_size`` bounds the compiled patient views held in memory (an LRU whose
+        misses read the store); None holds every patient once ``load_views`` has run."""
         self._db = db
         for statement in _SCHEMA:
             self._db.execute(statement)
         self._validator_keys: dict[str, bytes] = {}
         if validators is not None:
             self.set_validators(validators)
-        self._views: OrderedDict[str, PatientView] = OrderedDict()
-        self._cache_size = cache_size
+        self._views = PatientViews(cache_size)
+        self._compiler = ConsentCompiler()
+        self._custodian_sets: dict[frozenset[str], frozenset[str]] = {}
         self._height = self._meta("next_height", 0) - 1
 
     def set_validators(self, validators: ledger_pb.ValidatorSet) -> None:
@@ -258,6 +283,11 @@ class ConsentIndex:
 
     def close(self) -> None:
         self._db.close()
+
+    @property
+    def remote(self) -> bool:
+        """Whether the store waits on the network: callers on an event loop use a thread."""
+        return self._db.remote
 
     @property
     def height(self) -> int:
@@ -320,9 +350,14 @@ class ConsentIndex:
                     self._apply_erasure(envelope, body, block_ms)
             self._set_meta("next_height", height + 1)
             self._set_meta("block_ms", block_ms)
-        self._height = height
+        # Views first, then the height: a decision never claims a height whose changes it
+        # has not seen.
         for patient in touched:
-            self._views.pop(patient, None)
+            if self._views.complete or self._views.holds(patient):
+                self._views.put(patient, self._read_view(patient))
+            else:
+                self._views.discard(patient)
+        self._height = height
         return outcomes
 
     def _apply_consent(
@@ -685,25 +720,78 @@ class ConsentIndex:
     # --- reads ---
 
     def patient_view(self, patient: str) -> PatientView:
-        """The patient's active consents, compiled, and custodians; cached until a block
-        touching the patient is applied."""
-        view = self._views.get(patient)
+        """The patient's active consents, compiled, and custodians: from memory, or read
+        from the store on a miss (and then held)."""
+        view = self._views.lookup(patient)
         if view is not None:
-            self._views.move_to_end(patient)
             return view
+        epoch = self._views.epoch
+        view = self._read_view(patient)
+        self._views.put_if_unchanged(patient, view, epoch)
+        return view
+
+    def view_in_memory(self, patient: str) -> bool:
+        """Whether the patient's view can be had without the store."""
+        return self._views.in_memory(patient)
+
+    def view_stats(self) -> ViewStats:
+        return self._views.stats()
+
+    def load_views(self) -> ViewStats:
+        """Compile every patient's active consents into memory, so no decision waits on the
+        store (at start and after a bulk load). With a bounded cache, the most recently
+        read patients are kept."""
+        self._views.clear()
+        # Read and compiled before any is held: the store and the views are never locked
+        # together, whatever thread applies blocks meanwhile.
+        self._views.fill(list(self._compiled_views()))
+        self._views.mark_complete()
+        return self._views.stats()
+
+    def _compiled_views(self) -> Iterator[tuple[str, PatientView]]:
+        custodians: dict[str, set[str]] = {}
+        for patient, organisation in self._db.iterate(
+            "SELECT patient, organisation FROM custodians"
+        ):
+            custodians.setdefault(patient, set()).add(organisation)
+        compile_terms = self._compiler.compile
+        parse = consent_terms_pb2.ConsentTerms.FromString
+        current = ""
+        consents: list[CompiledConsent] = []
+        rows = self._db.iterate(
+            "SELECT patient, name, version, terms FROM consents WHERE state = ? ORDER BY patient",
+            (STATE_ACTIVE,),
+        )
+        for patient, name, version, terms in rows:
+            if patient != current:
+                if consents:
+                    yield current, self._view(consents, custodians.pop(current, set()))
+                current, consents = patient, []
+            consents.append(compile_terms(name, int(version), parse(terms)))
+        if consents:
+            yield current, self._view(consents, custodians.pop(current, set()))
+        for patient, organisations in custodians.items():
+            yield patient, self._view([], organisations)
+
+    def _view(self, consents: list[CompiledConsent], custodians: set[str]) -> PatientView:
+        return PatientView(consents, self._shared(frozenset(custodians)))
+
+    def _shared(self, custodians: frozenset[str]) -> frozenset[str]:
+        # Patients share a handful of custodian sets; one object each keeps memory flat.
+        return self._custodian_sets.setdefault(custodians, custodians)
+
+    def _read_view(self, patient: str) -> PatientView:
         rows = self._db.execute(
             "SELECT name, version, terms FROM consents WHERE patient = ? AND state = ?",
             (patient, STATE_ACTIVE),
         )
-        consents = tuple(
-            CompiledConsent.of(name, version, consent_terms_pb2.ConsentTerms.FromString(terms))
+        consents = [
+            self._compiler.compile(
+                name, int(version), consent_terms_pb2.ConsentTerms.FromString(bytes(terms))
+            )
             for name, version, terms in rows
-        )
-        view = PatientView(consents, self.custodians(patient))
-        self._views[patient] = view
-        if len(self._views) > self._cache_size:
-            self._views.popitem(last=False)
-        return view
+        ]
+        return PatientView(consents, self._shared(self.custodians(patient)))
 
     def custodians(self, patient: str) -> frozenset[str]:
         rows = self._db.execute("SELECT organisation FROM custodians WHERE patient = ?", (patient,))

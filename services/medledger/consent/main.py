@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import gc
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Protocol
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 
+from medledger._gen.ledger.v1 import ledger_service_pb2 as ledger_pb
 from medledger.consent.api import consent_grpc_service
 from medledger.consent.bus_api import AuditingSink, ConsentBusApi
 from medledger.consent.index import ConsentIndex, open_database
@@ -44,6 +47,11 @@ class Settings(CommonSettings):
     break_glass_default_seconds: int = 3600
     break_glass_max_seconds: int = 4 * 3600
     break_glass_overrides_consent: bool = True
+    decision_cache_patients: int | None = Field(default=None, ge=1)
+    """Bound on the patients whose compiled consents are held in memory (an LRU whose misses
+    read the store); unset holds every patient, loaded at start."""
+    check_concurrency: int = Field(default=64, ge=1)
+    """``consent.check`` questions that need the store, answered at once at most."""
 
 
 def load_api_tokens(path: Path) -> StaticTokens:
@@ -65,7 +73,9 @@ def load_api_tokens(path: Path) -> StaticTokens:
 
 
 def build(settings: Settings) -> ServiceApp:
-    index = ConsentIndex(open_database(settings.database_dsn))
+    index = ConsentIndex(
+        open_database(settings.database_dsn), cache_size=settings.decision_cache_patients
+    )
     engine = DecisionEngine(
         BasePolicy(break_glass_overrides_consent=settings.break_glass_overrides_consent)
     )
@@ -87,9 +97,10 @@ def build(settings: Settings) -> ServiceApp:
     app = ServiceApp(name="consent", settings=settings, authenticator=authenticator)
     tasks: list[asyncio.Task[None]] = []
     parts: dict[str, object] = {}
+    warmed = False
 
     async def start() -> None:
-        nonlocal directory
+        nonlocal directory, warmed
         bus = await NatsBus.connect(
             settings.nats_servers,
             name=f"medledger-consent-{settings.org_id}",
@@ -115,8 +126,13 @@ def build(settings: Settings) -> ServiceApp:
             break_glass_default_seconds=settings.break_glass_default_seconds,
             break_glass_max_seconds=settings.break_glass_max_seconds,
         )
+        await service.load_views()
+        # The compiled index lives as long as the process: out of the collector's sight, a
+        # full collection never walks it in the middle of a decision.
+        gc.freeze()
+        warmed = True
         app.services = [consent_grpc_service(service)]
-        bus_api = ConsentBusApi(service, bus)
+        bus_api = ConsentBusApi(service, bus, max_concurrency=settings.check_concurrency)
         await bus_api.start()
         parts.update(sink=sink, bus_api=bus_api)
         tasks.append(asyncio.create_task(_follow(service, ledger)))
@@ -133,23 +149,28 @@ def build(settings: Settings) -> ServiceApp:
             await sink.drain()
         if directory is not None:
             await directory.stop()
-        index.close()
+        await asyncio.to_thread(index.close)
 
     app.on_startup = [start]
     app.on_shutdown = [stop]
-    app.readiness_checks = [ReadinessCheck("decision index caught up", lambda: index.height >= 0)]
+    app.readiness_checks = [
+        ReadinessCheck("decision index loaded", lambda: warmed and index.height >= 0)
+    ]
     return app
 
 
-async def _follow(service: ConsentService, ledger: LedgerClient) -> None:
-    """Apply final blocks for ever; a failure is logged and the follower restarts."""
+class BlockSource(Protocol):
+    def blocks(self, start_height: int = 0) -> AsyncIterator[ledger_pb.Block]: ...
+
+
+async def _follow(service: ConsentService, ledger: BlockSource, retry_seconds: float = 1.0) -> None:
+    """Apply final blocks for ever; a failure is logged and the follower restarts. A cancel
+    ends it at once, even during the pause before a restart: swallowing it there kept
+    shutdown waiting for ever whenever the ledger was failing (as it is once the bus closes)."""
     while True:
         try:
             async for block in ledger.blocks(service.index.next_height):
                 await service.apply_block(block)
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:
             _log.error("block follower failed, restarting", error=type(exc).__name__)
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.sleep(1.0)
+        await asyncio.sleep(retry_seconds)

@@ -10,8 +10,9 @@ denied by default.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from medledger._gen.common.v1 import access_pb2 as acc
 from medledger._gen.common.v1 import actor_pb2, consent_terms_pb2
@@ -87,9 +88,9 @@ _CLINICAL_WRITES = frozenset({acc.ACCESS_ACTION_CREATE, acc.ACCESS_ACTION_UPDATE
 # --- the question and the answer ----------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class AccessRequest:
-    """One access question, every fact resolved (record -> data class, actor -> patient)."""
+class AccessRequest(NamedTuple):
+    """One access question, every fact resolved (record -> data class, actor -> patient).
+    A tuple: one is made per decision, and tuples are the cheapest immutable record."""
 
     principal: str
     organisation: str
@@ -154,6 +155,11 @@ class PartyMatcher:
             return cls(organisation=party.role.organisation, role=party.role.role)
         return cls(principal="\x00never")
 
+    @property
+    def key(self) -> str:
+        """The one request field a match needs equal: the principal, else the organisation."""
+        return self.principal or self.organisation
+
     def matches(self, request: AccessRequest) -> bool:
         if self.principal:
             return self.principal == request.principal
@@ -175,6 +181,15 @@ def in_period(period: tuple[int, int] | None, at_ms: int) -> bool:
     return (start == 0 or at_ms >= start) and (end == 0 or at_ms < end)
 
 
+SetSharing = Callable[[Iterable[Any]], frozenset[Any]]
+_NOTHING: frozenset[Any] = frozenset()
+"""Most criteria are left open: one empty set for all of them (CPython has no empty singleton)."""
+
+
+def _own_set(values: Iterable[Any]) -> frozenset[Any]:
+    return frozenset(values) or _NOTHING
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledProvision:
     permit: bool
@@ -189,18 +204,22 @@ class CompiledProvision:
     children: tuple[CompiledProvision, ...]
 
     @classmethod
-    def of(cls, provision: consent_terms_pb2.Provision) -> CompiledProvision:
+    def of(
+        cls, provision: consent_terms_pb2.Provision, share: SetSharing | None = None
+    ) -> CompiledProvision:
+        """Compiled; ``share`` may hand back an equal set already held, to save memory."""
+        one = share or _own_set
         return cls(
             permit=provision.type == consent_terms_pb2.PROVISION_TYPE_PERMIT,
-            actions=frozenset(provision.actions),
-            categories=frozenset(provision.categories),
-            labels=frozenset(provision.sensitivity_labels),
-            purposes=frozenset(provision.purposes),
+            actions=one(provision.actions),
+            categories=one(provision.categories),
+            labels=one(provision.sensitivity_labels),
+            purposes=one(provision.purposes),
             period=_period(provision.period),
             actors=tuple(PartyMatcher.of(a) for a in provision.actors),
             data_period=_period(provision.data_period),
-            records=frozenset(provision.records),
-            children=tuple(cls.of(p) for p in provision.provisions),
+            records=one(provision.records),
+            children=tuple(cls.of(p, share) for p in provision.provisions),
         )
 
     def matches(self, request: AccessRequest) -> bool:
@@ -239,9 +258,9 @@ _PERMIT = 1
 _DENY = 2
 
 
-@dataclass(frozen=True, slots=True)
-class CompiledConsent:
-    """One active consent version, ready to answer questions."""
+class CompiledConsent(NamedTuple):
+    """One active consent version, ready to answer questions. A tuple: a million of them
+    are built at start and held, and tuples are the cheapest immutable record to make."""
 
     name: str
     version: int
@@ -252,18 +271,18 @@ class CompiledConsent:
     @classmethod
     def of(cls, name: str, version: int, terms: consent_terms_pb2.ConsentTerms) -> CompiledConsent:
         return cls(
-            name=name,
-            version=version,
-            grantee=PartyMatcher.of(terms.grantee),
-            period=_period(terms.period),
-            root=CompiledProvision.of(terms.provision),
+            name,
+            version,
+            PartyMatcher.of(terms.grantee),
+            _period(terms.period),
+            CompiledProvision.of(terms.provision),
         )
 
-    def evaluate(self, request: AccessRequest, explicit_labels: frozenset[int]) -> int:
-        """PERMIT, DENY or NOT_APPLICABLE for this consent alone."""
+    def evaluate(self, request: AccessRequest, sensitive: frozenset[int]) -> int:
+        """PERMIT, DENY or NOT_APPLICABLE for this consent alone; ``sensitive`` is the
+        request's labels that need explicit consent."""
         if not in_period(self.period, request.now_ms) or not self.grantee.matches(request):
             return _NOT_APPLICABLE
-        sensitive = request.labels & explicit_labels
         return _evaluate(self.root, request, sensitive, frozenset())
 
 
@@ -325,12 +344,94 @@ class BasePolicy:
     break_glass_actions: frozenset[int] = _READS
 
 
-@dataclass(frozen=True, slots=True)
-class PatientView:
-    """What the index knows about one patient when a question comes in."""
+def _by_name(consent: CompiledConsent) -> str:
+    return consent.name
 
-    consents: Sequence[CompiledConsent] = ()
-    custodians: frozenset[str] = frozenset()
+
+_SCAN_LIMIT = 8
+"""Up to this many consents a patient's view is scanned; beyond, it is indexed by grantee."""
+
+
+class PatientView:
+    """What the index knows about one patient when a question comes in: the active consents,
+    compiled and ordered by name (so the deciding consent is deterministic), indexed by the
+    grantee they can match, and the patient's custodian organisations. Immutable."""
+
+    __slots__ = ("_by_grantee", "consents", "custodians")
+
+    def __init__(
+        self,
+        consents: Iterable[CompiledConsent] = (),
+        custodians: frozenset[str] = frozenset(),
+    ) -> None:
+        self.consents: tuple[CompiledConsent, ...] = tuple(sorted(consents, key=_by_name))
+        self.custodians = custodians
+        self._by_grantee: dict[str, tuple[CompiledConsent, ...]] | None = None
+        if len(self.consents) > _SCAN_LIMIT:
+            grouped: dict[str, list[CompiledConsent]] = {}
+            for consent in self.consents:
+                grouped.setdefault(consent.grantee.key, []).append(consent)
+            self._by_grantee = {key: tuple(group) for key, group in grouped.items()}
+
+    def candidates(self, request: AccessRequest) -> Sequence[CompiledConsent]:
+        """The consents whose grantee may match the request's actor, in name order."""
+        by_grantee = self._by_grantee
+        if by_grantee is None:
+            return self.consents
+        found = (
+            by_grantee.get(request.principal, ())
+            + by_grantee.get(request.organisation, ())
+            + by_grantee.get(ANY_ORGANISATION, ())
+        )
+        return sorted(found, key=_by_name)
+
+    def __repr__(self) -> str:
+        return f"PatientView({len(self.consents)} consents, custodians={sorted(self.custodians)})"
+
+
+EMPTY_VIEW = PatientView()
+
+
+class ConsentCompiler:
+    """Compiles consent terms, sharing identical provision trees and grantees between
+    consents: consents made from the same form compile to one tree, which keeps a million
+    compiled consents small. The sharing tables are bounded; past the bound new entries are
+    compiled unshared."""
+
+    def __init__(self, max_shared: int = 200_000) -> None:
+        self._provisions: dict[bytes, CompiledProvision] = {}
+        self._parties: dict[bytes, PartyMatcher] = {}
+        self._sets: dict[frozenset[Any], frozenset[Any]] = {}
+        self._max_shared = max_shared
+
+    def _share_set(self, values: Iterable[Any]) -> frozenset[Any]:
+        found = frozenset(values)
+        if not found:
+            return _NOTHING
+        held = self._sets.get(found)
+        if held is not None:
+            return held
+        if len(self._sets) < self._max_shared:
+            self._sets[found] = found
+        return found
+
+    def compile(
+        self, name: str, version: int, terms: consent_terms_pb2.ConsentTerms
+    ) -> CompiledConsent:
+        key = terms.provision.SerializeToString(deterministic=True)
+        root = self._provisions.get(key)
+        if root is None:
+            root = CompiledProvision.of(terms.provision, self._share_set)
+            if len(self._provisions) < self._max_shared:
+                self._provisions[key] = root
+        party = terms.grantee.SerializeToString(deterministic=True)
+        grantee = self._parties.get(party)
+        if grantee is None:
+            grantee = PartyMatcher.of(terms.grantee)
+            if len(self._parties) < self._max_shared:
+                self._parties[party] = grantee
+        period = _period(terms.period) if terms.HasField("period") else None
+        return CompiledConsent(name, version, grantee, period, root)
 
 
 class DecisionEngine:
@@ -353,11 +454,10 @@ class DecisionEngine:
             or request.purpose == acc.PURPOSE_OF_USE_UNSPECIFIED
         ):
             return AccessDecision(False, "INCOMPLETE_QUESTION", policy_rule="base.incomplete")
-        explicit = self.policy.explicit_consent_labels
+        sensitive = request.labels & self.policy.explicit_consent_labels
         permit_by: CompiledConsent | None = None
-        # Names are unique, so ordering by name makes the deciding consent deterministic.
-        for consent in sorted(view.consents, key=_by_name):
-            outcome = consent.evaluate(request, explicit)
+        for consent in view.candidates(request):
+            outcome = consent.evaluate(request, sensitive)
             if outcome == _DENY:
                 return AccessDecision(False, "CONSENT_DENY", (consent.name, consent.version))
             if outcome == _PERMIT and permit_by is None:
@@ -449,10 +549,6 @@ _CUSTODIAN_RULES: Mapping[int, tuple[str, str]] = {
     acc.PURPOSE_OF_USE_HPAYMT: ("SAME_ORGANISATION_PAYMENT", "base.custodian_payment"),
     acc.PURPOSE_OF_USE_HOPERAT: ("SAME_ORGANISATION_OPERATIONS", "base.custodian_operations"),
 }
-
-
-def _by_name(consent: CompiledConsent) -> str:
-    return consent.name
 
 
 def compile_consents(

@@ -11,7 +11,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from medledger._gen.common.v1 import access_pb2 as acc
 from medledger._gen.common.v1 import (
@@ -51,6 +51,15 @@ MAX_JUSTIFICATION = 2000
 _log = get_logger("medledger.consent")
 
 Clock = Callable[[], float]
+T = TypeVar("T")
+
+# Computed once: the generated enums' values() builds a new list on every call.
+_ACTIONS = frozenset(acc.AccessAction.values()) - {acc.ACCESS_ACTION_UNSPECIFIED}
+_PURPOSES = frozenset(acc.PurposeOfUse.values()) - {acc.PURPOSE_OF_USE_UNSPECIFIED}
+_CATEGORIES = frozenset(acc.RecordCategory.values())
+_LABELS = frozenset(acc.SensitivityLabel.values())
+_NO_LABELS: frozenset[int] = frozenset()
+_NO_ROLES: frozenset[str] = frozenset()
 
 
 class Ledger(Protocol):
@@ -62,10 +71,46 @@ class Ledger(Protocol):
     async def submit(self, tx: bytes) -> str: ...
 
 
+class DecisionRecord(NamedTuple):
+    """An access decision as its audit event will tell it. The event itself is built off the
+    decision path (``event()``), after the answer has gone out."""
+
+    question: pb.CheckAccessRequest
+    decision: AccessDecision
+
+    def event(self) -> audit_event_pb2.AuditEvent:
+        question, decision = self.question, self.decision
+        record = question.record
+        event = audit_event_pb2.AuditEvent(
+            actor=question.actor,
+            action=question.action,
+            resource=record or f"patients/{question.patient_pseudonym}",
+            record=record,
+            patient_pseudonym=question.patient_pseudonym,
+            purpose=question.purpose,
+            decision=acc.DECISION_PERMIT if decision.permit else acc.DECISION_DENY,
+            decision_reason=decision.reason,
+        )
+        if decision.consent is not None:
+            event.consent.consent, event.consent.version = decision.consent
+        elif decision.break_glass is not None:
+            event.break_glass.session = decision.break_glass.session
+            event.break_glass.justification = decision.break_glass.justification
+        else:
+            event.policy_rule = decision.policy_rule
+        return event
+
+
 class DecisionSink(Protocol):
     """Where decisions go to be audited, and break-glass to be announced."""
 
-    def record(self, event: audit_event_pb2.AuditEvent) -> None: ...
+    def decided(self, decision: DecisionRecord) -> None:
+        """An access decision was made (now: the sink notes the time and trace)."""
+        ...
+
+    def record(self, event: audit_event_pb2.AuditEvent) -> None:
+        """Any other audit event."""
+        ...
 
     async def announce_break_glass(self, session: pb.BreakGlassSession) -> None: ...
 
@@ -105,10 +150,22 @@ class ConsentService:
     def now_ms(self) -> int:
         return int(self._clock() * 1000)
 
+    async def _store(self, call: Callable[..., T], *args: Any) -> T:
+        """Run an index call that may read or write the store; off the event loop when the
+        store is across the network (PostgreSQL), inline for a local SQLite file."""
+        if self.index.remote:
+            return await asyncio.to_thread(call, *args)
+        return call(*args)
+
+    async def load_views(self) -> None:
+        """Compile the whole decision index into memory (at start)."""
+        stats = await self._store(self.index.load_views)
+        _log.info("decision index in memory", patients=stats.patients, complete=stats.complete)
+
     # --- following the chain ---
 
     async def apply_block(self, block: ledger_pb.Block) -> list[ix.Outcome]:
-        outcomes = self.index.apply_block(block)
+        outcomes = await self._store(self.index.apply_block, block)
         for outcome in outcomes:
             if not outcome.applied:
                 _log.info(
@@ -130,7 +187,7 @@ class ConsentService:
     async def wait_outcome(self, tx_id: str, timeout: float = 10.0) -> ix.Outcome:  # noqa: ASYNC109
         """Wait until the transaction's block has been applied; its outcome."""
         async with asyncio.timeout(timeout), self._applied:
-            while (outcome := self.index.outcome(tx_id)) is None:
+            while (outcome := await self._store(self.index.outcome, tx_id)) is None:
                 await self._applied.wait()
             return outcome
 
@@ -148,7 +205,7 @@ class ConsentService:
         name = f"consents/{consent_id or uuid.uuid4()}"
         check_consent_name(name)
         check_terms(terms)
-        current = self.index.consent(name)
+        current = await self._store(self.index.consent, name)
         version = 1 if current is None else current.version + 1
         if current is not None and current.state != ix.STATE_ACTIVE:
             raise ConsentStateError(
@@ -188,7 +245,7 @@ class ConsentService:
             evidence=evidence,
         )
         check_revocation(revocation)
-        current = self.index.consent(name)
+        current = await self._store(self.index.consent, name)
         if current is None:
             raise ConsentNotFound("CONSENT_NOT_FOUND", "no such consent", {"name": name})
         if current.version != version:
@@ -216,10 +273,28 @@ class ConsentService:
         signed: tx_pb.Transaction | None,
         patient: str,
     ) -> str:
-        from medledger.ledgerclient import LedgerClientError, sign_transaction
+        from medledger.ledgerclient import LedgerClientError
 
         if self._ledger is None:
             raise LedgerUnavailable("LEDGER_UNAVAILABLE", "this service has no ledger connection")
+        tx = await self._store(self._prepare, self._ledger.chain_id, change, signed, patient)
+        try:
+            return await self._ledger.submit(tx)
+        except LedgerClientError as exc:
+            if exc.reason in ("LEDGER_UNAVAILABLE", "MEMPOOL_FULL"):
+                raise LedgerUnavailable(exc.reason, "the ledger did not take the change") from exc
+            raise ConsentInvalid(exc.reason, "the ledger refused the transaction") from exc
+
+    def _prepare(
+        self,
+        chain_id: str,
+        change: consent_change_pb2.ConsentChange,
+        signed: tx_pb.Transaction | None,
+        patient: str,
+    ) -> bytes:
+        """The transaction to submit, checked against the index's rules."""
+        from medledger.ledgerclient import sign_transaction
+
         if signed is not None and signed.body:
             replayed = sha256(signed.body).hex()
             if self.index.outcome(replayed) is not None:
@@ -235,7 +310,7 @@ class ConsentService:
                 raise ConsentInvalid(
                     "TX_TERMS_MISMATCH", "the signed transaction is not this change"
                 )
-            if body.chain_id != self._ledger.chain_id:
+            if body.chain_id != chain_id:
                 raise ConsentInvalid("TX_WRONG_CHAIN", "the transaction is for another chain")
             tx = signed.SerializeToString(deterministic=True)
             signer_name = body.signer
@@ -246,7 +321,7 @@ class ConsentService:
                     "NO_CUSTODIAN_KEY", "this service records no consents on patients' behalf"
                 )
             body = tx_pb.TransactionBody(
-                chain_id=self._ledger.chain_id,
+                chain_id=chain_id,
                 nonce=secrets.randbits(63),
                 created_at_unix_ms=self.now_ms(),
                 signer=self._custodian.principal,
@@ -261,12 +336,7 @@ class ConsentService:
                 "TX_REPLAYED", "this transaction is already final", {"tx_id": tx_id}
             )
         self._check_authority(change, signer_name, public_key, patient)
-        try:
-            return await self._ledger.submit(tx)
-        except LedgerClientError as exc:
-            if exc.reason in ("LEDGER_UNAVAILABLE", "MEMPOOL_FULL"):
-                raise LedgerUnavailable(exc.reason, "the ledger did not take the change") from exc
-            raise ConsentInvalid(exc.reason, "the ledger refused the transaction") from exc
+        return tx
 
     def _check_authority(
         self,
@@ -328,14 +398,17 @@ class ConsentService:
             consent.revocation_reason = stored.revoke_reason  # type: ignore[assignment]
         return consent
 
-    def get_consent(self, name: str, version: int = 0) -> pb.Consent:
+    async def principal(self, name: str) -> ix.PrincipalFacts | None:
+        return await self._store(self.index.principal, name)
+
+    async def get_consent(self, name: str, version: int = 0) -> pb.Consent:
         check_consent_name(name)
-        stored = self.index.consent(name, version)
+        stored = await self._store(self.index.consent, name, version)
         if stored is None:
             raise ConsentNotFound("CONSENT_NOT_FOUND", "no such consent", {"name": name})
         return self._to_pb(stored)
 
-    def list_consents(
+    async def list_consents(
         self, patient: str, state: int, page_size: int, page_token: str
     ) -> pb.ListConsentsResponse:
         size = 50 if page_size <= 0 else min(page_size, 1000)
@@ -346,7 +419,11 @@ class ConsentService:
         if page_token:
             after = page_token.removeprefix("after:")
             check_consent_name(after)
-        rows = self.index.list_consents(patient=patient, states=states, after=after, limit=size + 1)
+        rows = await self._store(
+            lambda: self.index.list_consents(
+                patient=patient, states=states, after=after, limit=size + 1
+            )
+        )
         consents = [self._to_pb(r) for r in rows[:size]]
         if state:
             consents = [
@@ -359,33 +436,38 @@ class ConsentService:
 
     def request_of(self, question: pb.CheckAccessRequest) -> tuple[AccessRequest | None, str]:
         """The resolved question, or (None, reason) when the data cannot be reached at all."""
+        # Each protobuf field read crosses into C: every field is read once, into a local.
         actor = question.actor
-        if not PRINCIPAL_NAME.match(actor.principal):
+        principal = actor.principal
+        patient = question.patient_pseudonym
+        action = question.action
+        purpose = question.purpose
+        justification = question.break_glass_justification
+        if not PRINCIPAL_NAME.match(principal):
             raise ConsentInvalid(
                 "ACTOR_REQUIRED", "actor.principal is required", {"field": "actor"}
             )
-        if not PSEUDONYM.match(question.patient_pseudonym):
+        if not PSEUDONYM.match(patient):
             raise ConsentInvalid(
                 "BAD_PATIENT_PSEUDONYM", "patient_pseudonym", {"field": "patient_pseudonym"}
             )
-        if question.action not in acc.AccessAction.values() or not question.action:
+        if action not in _ACTIONS:
             raise ConsentInvalid("UNKNOWN_CODE", "action", {"field": "action"})
-        if question.purpose not in acc.PurposeOfUse.values() or not question.purpose:
+        if purpose not in _PURPOSES:
             raise ConsentInvalid("UNKNOWN_CODE", "purpose", {"field": "purpose"})
-        if len(question.break_glass_justification) > MAX_JUSTIFICATION:
+        if len(justification) > MAX_JUSTIFICATION:
             raise ConsentInvalid(
                 "JUSTIFICATION_TOO_LONG", "justification", {"field": "justification"}
             )
         target = question.WhichOneof("target")
-        category: int = acc.RECORD_CATEGORY_UNSPECIFIED
-        labels: frozenset[int] = frozenset()
+        labels: frozenset[int] = _NO_LABELS
         record, data_ms = "", 0
         if target == "data_class":
-            category = question.data_class.category
-            labels = frozenset(question.data_class.sensitivity_labels)
-            if category not in acc.RecordCategory.values() or not labels <= frozenset(
-                acc.SensitivityLabel.values()
-            ):
+            data_class = question.data_class
+            category: int = data_class.category
+            if data_class.sensitivity_labels:
+                labels = frozenset(data_class.sensitivity_labels)
+            if category not in _CATEGORIES or not labels <= _LABELS:
                 raise ConsentInvalid("UNKNOWN_CODE", "data_class", {"field": "data_class"})
         elif target == "record":
             if not RECORD_NAME.match(question.record):
@@ -393,7 +475,7 @@ class ConsentService:
             facts = self.index.record(question.record)
             if facts is None:
                 return None, "RECORD_UNKNOWN"
-            if facts.patient != question.patient_pseudonym:
+            if facts.patient != patient:
                 return None, "RECORD_PATIENT_MISMATCH"
             if facts.erased:
                 return None, "RECORD_ERASED"
@@ -407,34 +489,32 @@ class ConsentService:
             raise ConsentInvalid("TARGET_REQUIRED", "data_class or record", {"field": "target"})
         now = self.now_ms()
         glass: BreakGlass | None = None
-        if question.break_glass_justification:
-            glass = BreakGlass(
-                f"breakGlassSessions/{uuid.uuid4()}", question.break_glass_justification
-            )
+        if justification:
+            glass = BreakGlass(f"breakGlassSessions/{uuid.uuid4()}", justification)
         elif question.break_glass_session:
-            glass = self._open_session(
-                question.break_glass_session, actor.principal, question.patient_pseudonym, now
-            )
+            glass = self._open_session(question.break_glass_session, principal, patient, now)
+        kind = actor.kind
         actor_patient = ""
-        if actor.kind == actor_pb2.PRINCIPAL_KIND_PATIENT:
-            facts_p = self.index.principal(actor.principal)
+        if kind == actor_pb2.PRINCIPAL_KIND_PATIENT:
+            facts_p = self.index.principal(principal)
             actor_patient = facts_p.patient if facts_p is not None else ""
+        roles = actor.roles
         return (
             AccessRequest(
-                principal=actor.principal,
-                organisation=actor.organisation,
-                patient=question.patient_pseudonym,
-                action=question.action,
-                purpose=question.purpose,
-                now_ms=now,
-                roles=frozenset(actor.roles),
-                kind=actor.kind,
-                category=category,
-                labels=labels,
-                record=record,
-                data_time_ms=data_ms,
-                actor_patient=actor_patient,
-                break_glass=glass,
+                principal,
+                actor.organisation,
+                patient,
+                action,
+                purpose,
+                now,
+                frozenset(roles) if roles else _NO_ROLES,
+                kind,
+                category,
+                labels,
+                record,
+                data_ms,
+                actor_patient,
+                glass,
             ),
             "",
         )
@@ -448,49 +528,55 @@ class ConsentService:
             return None
         return BreakGlass(name, pb.BreakGlassSession.FromString(raw).justification)
 
+    async def check(self, question: pb.CheckAccessRequest) -> pb.CheckAccessResponse:
+        """Decide, audit and answer, on an event loop: from memory inline; when the store has
+        to be read and is across the network, in a thread."""
+        if self.index.remote and not self.answerable_from_memory(question):
+            response, decided = await asyncio.to_thread(self.decide, question)
+        else:
+            response, decided = self.decide(question)
+        self._sink.decided(decided)
+        return response
+
+    def answerable_from_memory(self, question: pb.CheckAccessRequest) -> bool:
+        """Whether deciding needs nothing but the compiled views in memory."""
+        return (
+            question.WhichOneof("target") == "data_class"
+            and not question.break_glass_session
+            and question.actor.kind != actor_pb2.PRINCIPAL_KIND_PATIENT
+            and self.index.view_in_memory(question.patient_pseudonym)
+        )
+
     def check_access(self, question: pb.CheckAccessRequest) -> pb.CheckAccessResponse:
-        """Decide, audit and answer; the hot path (no I/O beyond the index)."""
+        """Decide, audit and answer; the hot path. Synchronous: reads the store on a miss."""
+        response, decided = self.decide(question)
+        self._sink.decided(decided)
+        return response
+
+    def decide(
+        self, question: pb.CheckAccessRequest
+    ) -> tuple[pb.CheckAccessResponse, DecisionRecord]:
+        """The answer and what its audit event is made of; records nothing."""
         request, unreachable = self.request_of(question)
         if request is None:
             decision = AccessDecision(False, unreachable, policy_rule="base.record_unavailable")
         else:
             decision = self.engine.decide(request, self.index.patient_view(request.patient))
+        verdict = acc.DECISION_PERMIT if decision.permit else acc.DECISION_DENY
         response = pb.CheckAccessResponse(
-            decision=acc.DECISION_PERMIT if decision.permit else acc.DECISION_DENY,
+            decision=verdict,
             reason=decision.reason,
             obligations=decision.obligations,  # type: ignore[arg-type]
             ledger_height=max(self.index.height, 0),
         )
-        event = audit_event_pb2.AuditEvent(
-            actor=question.actor,
-            action=question.action,
-            resource=question.record or f"patients/{question.patient_pseudonym}",
-            record=question.record,
-            patient_pseudonym=question.patient_pseudonym,
-            purpose=question.purpose,
-            decision=response.decision,
-            decision_reason=decision.reason,
-        )
         if decision.consent is not None:
-            ref = audit_event_pb2.ConsentReference(
-                consent=decision.consent[0], version=decision.consent[1]
-            )
-            response.consent.CopyFrom(ref)
-            event.consent.CopyFrom(ref)
+            response.consent.consent, response.consent.version = decision.consent
         elif decision.break_glass is not None:
-            response.break_glass.session = decision.break_glass.session
             # The justification may hold PHI: it goes to the audit log only, never in replies.
-            event.break_glass.CopyFrom(
-                audit_event_pb2.BreakGlassReference(
-                    session=decision.break_glass.session,
-                    justification=decision.break_glass.justification,
-                )
-            )
+            response.break_glass.session = decision.break_glass.session
         else:
             response.policy_rule = decision.policy_rule
-            event.policy_rule = decision.policy_rule
-        self._sink.record(event)
-        return response
+        return response, DecisionRecord(question, decision)
 
     async def break_glass(
         self,
@@ -500,7 +586,9 @@ class ConsentService:
         request_id: str = "",
     ) -> pb.BreakGlassSession:
         if request_id:
-            earlier = self.index.break_glass_by_request(caller.principal, request_id)
+            earlier = await self._store(
+                self.index.break_glass_by_request, caller.principal, request_id
+            )
             if earlier is not None:
                 return pb.BreakGlassSession.FromString(earlier)
         if not PSEUDONYM.match(session.patient_pseudonym):
@@ -523,7 +611,8 @@ class ConsentService:
         )
         opened.start_time.FromMilliseconds(now)
         opened.expire_time.FromMilliseconds(now + length * 1000)
-        self.index.put_break_glass(
+        await self._store(
+            self.index.put_break_glass,
             opened.name,
             opened.SerializeToString(),
             caller.principal,
@@ -559,8 +648,8 @@ class ConsentService:
             return pb.Consent(terms=imported.terms, state=pb.CONSENT_STATE_UNSPECIFIED)
         return await self.create_consent("", imported.terms, None, request_id)
 
-    def export_fhir(self, name: str, version: int) -> str:
-        consent = self.get_consent(name, version)
+    async def export_fhir(self, name: str, version: int) -> str:
+        consent = await self.get_consent(name, version)
         status = {
             pb.CONSENT_STATE_ACTIVE: "active",
             pb.CONSENT_STATE_PENDING: "proposed",

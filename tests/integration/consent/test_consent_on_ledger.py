@@ -280,7 +280,7 @@ async def test_grant_permits_and_revocation_denies_within_two_seconds(stack: Sta
         assert (answer.consent.consent, answer.consent.version) == (name, version)
         assert answer.ledger_height == stack.service.index.height
         latencies.append(await _revoke_and_time(stack, name, version))
-        assert stack.service.get_consent(name).state == pb.CONSENT_STATE_REVOKED
+        assert (await stack.service.get_consent(name)).state == pb.CONSENT_STATE_REVOKED
     latencies.sort()
     print(
         f"revoke-submitted -> checks-deny latency: max {latencies[-1] * 1000:.0f} ms, "
