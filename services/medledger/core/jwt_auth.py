@@ -46,6 +46,8 @@ JWKS_SUBJECT = "identity.jwks"
 PRINCIPAL_SUBJECT = "identity.principal"
 CHANGES_SUBJECT = "identity.changes"
 DEFAULT_CACHE_TTL_SECONDS = 5.0
+UNKNOWN_PRINCIPAL_RETRIES = 8
+UNKNOWN_PRINCIPAL_RETRY_SECONDS = 0.25
 
 _log = get_logger("medledger.auth")
 
@@ -235,19 +237,29 @@ class NatsIdentityDirectory:
 
     async def principal(self, name: str) -> PrincipalStatus:
         async def fetch() -> PrincipalStatus:
-            try:
-                reply = await self._request(
-                    PRINCIPAL_SUBJECT,
-                    identity_pb.GetPrincipalRequest(name=name),
-                    identity_pb.Principal,
-                )
-            except RemoteError as exc:
-                if exc.reason.endswith("NOT_FOUND"):
-                    return PrincipalStatus(False, False, {})
-                raise
-            return PrincipalStatus.of(reply)
+            # A token names a principal its issuer already knew; an identity service that
+            # answers "not found" is most likely a few blocks behind, so ask again briefly.
+            for attempt in range(UNKNOWN_PRINCIPAL_RETRIES + 1):
+                try:
+                    reply = await self._request(
+                        PRINCIPAL_SUBJECT,
+                        identity_pb.GetPrincipalRequest(name=name),
+                        identity_pb.Principal,
+                    )
+                except RemoteError as exc:
+                    if not exc.reason.endswith("NOT_FOUND"):
+                        raise
+                    if attempt < UNKNOWN_PRINCIPAL_RETRIES:
+                        await asyncio.sleep(UNKNOWN_PRINCIPAL_RETRY_SECONDS)
+                    continue
+                return PrincipalStatus.of(reply)
+            return PrincipalStatus(False, False, {})
 
-        return await self._principals.get(name, fetch)
+        status = await self._principals.get(name, fetch)
+        if not status.exists:
+            # Never remember an absence: the principal may be registered a block later.
+            self._principals.evict(name)
+        return status
 
     async def _request(self, subject: str, message: Message, response: type[R]) -> R:
         if self._bus is None:
