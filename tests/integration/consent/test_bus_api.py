@@ -116,7 +116,7 @@ async def test_questions_are_answered_and_audited(
     denied = await nats_bus.request(CHECK_SUBJECT, _question("p-2"), pb.CheckAccessResponse)
     assert denied.policy_rule == "base.other_organisation_requires_consent"
     assert [e.decision for e in sink.events] == [acc.DECISION_PERMIT, acc.DECISION_DENY]
-    assert all(e.HasField("time") and not e.trace_id for e in sink.events)
+    assert all(e.HasField("time") for e in sink.events)
     assert index.view_stats().misses == 0
 
 
@@ -160,7 +160,10 @@ async def test_a_traced_question_continues_the_trace_into_its_audit_event(
     finally:
         await api.stop()
         index.close()
-    assert [e.trace_id for e in events] == ["0af7651916cd43dd8448eb211c80319c", ""]
+    # The traced question's event carries the asker's trace; the untraced one does not
+    # (whether it gets a fresh trace depends on the process's tracer provider).
+    assert events[0].trace_id == "0af7651916cd43dd8448eb211c80319c"
+    assert events[1].trace_id != events[0].trace_id
     assert all(e.event_id and e.organisation == "organisations/org-a" for e in events)
     assert events[0].event_id != events[1].event_id
 

@@ -421,6 +421,11 @@ async def test_logging_interceptor_logs_one_scrubbed_line_per_call(server: GrpcS
                 channel,
                 {**PHI, "patient_id": "pt-77aa", "code": "ICD10-R07.9", "ref": f"Bearer {JWT}"},
             )
+        # The server logs after the client already has its answer: give it a moment.
+        for _ in range(100):
+            if f'"method": "{ECHO}"' in output.getvalue():
+                break
+            await asyncio.sleep(0.02)
     finally:
         configure_logging("INFO", "json")
     text = output.getvalue()
@@ -448,6 +453,11 @@ async def test_failed_call_is_logged_with_code_and_reason(server: GrpcServer) ->
         async with create_channel(_target(server), token="tok-auditor") as channel:
             with pytest.raises(grpc.aio.AioRpcError):
                 await _call_echo(channel, {"x": 1})
+        # The server logs after the client already has its status: give it a moment.
+        for _ in range(100):
+            if '"grpc call"' in output.getvalue():
+                break
+            await asyncio.sleep(0.02)
     finally:
         configure_logging("INFO", "json")
     lines = [json.loads(x) for x in output.getvalue().splitlines() if '"grpc call"' in x]
