@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -71,7 +72,9 @@ def sweep(
             if result.outcome is stop_on:
                 break
         return report
-    pool = ProcessPoolExecutor(max_workers=jobs)
+    # Spawn, never fork: a forked child of a process that has run gRPC (tests, the CLI
+    # beside services) inherits its threads' state and can crash in garbage collection.
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
     try:
         for result in pool.map(_run, work, chunksize=4 if stop_on else 8):
             report.add(result)
