@@ -17,7 +17,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 from google.protobuf.message import DecodeError
 
@@ -33,6 +32,7 @@ from medledger.consent.errors import ConsentInvalid
 from medledger.consent.policy import CompiledConsent, ConsentCompiler, PatientView
 from medledger.consent.terms import check_consent_name, check_revocation, check_terms
 from medledger.consent.views import PatientViews, ViewStats
+from medledger.core.database import SqliteLocation, parse_database_url
 from medledger.crypto import KeyFormatError, SigningContext, VerifyKey, sha256
 
 CUSTODIAN_ROLE = "consent_custodian"
@@ -243,13 +243,10 @@ class PostgresDatabase:
 
 def open_database(dsn: str) -> Database:
     """``sqlite:///path`` (or ``sqlite:///:memory:``) or a PostgreSQL URL / conninfo string."""
-    if dsn.startswith("sqlite:"):
-        path = dsn.removeprefix("sqlite://")
-        path = path[1:] if path.startswith("/:memory:") else path
-        return SqliteDatabase(path or ":memory:")
-    if urlsplit(dsn).scheme in ("postgresql", "postgres", "postgresql+psycopg") or "=" in dsn:
-        return PostgresDatabase(dsn.replace("postgresql+psycopg://", "postgresql://"))
-    raise ValueError("database URL must be sqlite:///path or postgresql://…")
+    location = parse_database_url(dsn)
+    if isinstance(location, SqliteLocation):
+        return SqliteDatabase(location.path)
+    return PostgresDatabase(location.conninfo)
 
 
 # --- the index ----------------------------------------------------------------------------

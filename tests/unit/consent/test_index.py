@@ -8,6 +8,7 @@ import asyncio
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -465,3 +466,14 @@ async def test_a_remote_store_is_never_called_on_the_event_loop(dsn: str, chain:
         assert len(sink.events) == 2
     finally:
         await asyncio.to_thread(index.close)
+
+
+def test_relative_sqlite_url_stays_relative(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medledger.consent.index import open_database
+
+    monkeypatch.chdir(tmp_path)
+    database = open_database("sqlite:///data/consent.sqlite3")
+    database.close()
+    assert (tmp_path / "data" / "consent.sqlite3").exists()
