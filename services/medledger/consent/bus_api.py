@@ -150,11 +150,19 @@ class ConsentBusApi:
     stays on the server). A request that carries W3C trace context continues its trace.
     """
 
-    def __init__(self, service: ConsentService, bus: NatsBus, *, max_concurrency: int = 64) -> None:
+    def __init__(
+        self,
+        service: ConsentService,
+        bus: NatsBus,
+        *,
+        max_concurrency: int = 64,
+        subject: str = CHECK_SUBJECT,
+    ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
         self._service = service
         self._bus = bus
+        self._subject = subject
         self._slots = asyncio.Semaphore(max_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._subscription: NatsSubscription | None = None
@@ -163,7 +171,7 @@ class ConsentBusApi:
     async def start(self) -> None:
         nc = self._bus.client
         self._subscription = await nc.subscribe(
-            CHECK_SUBJECT, queue=QUEUE_GROUP, cb=self._on_message
+            self._subject, queue=QUEUE_GROUP, cb=self._on_message
         )
         # Registered on the server before anyone relies on it.
         await nc.flush()

@@ -13,7 +13,7 @@ from pydantic import Field, SecretStr
 
 from medledger._gen.ledger.v1 import ledger_service_pb2 as ledger_pb
 from medledger.consent.api import consent_grpc_service
-from medledger.consent.bus_api import AuditingSink, ConsentBusApi
+from medledger.consent.bus_api import CHECK_SUBJECT, AuditingSink, ConsentBusApi
 from medledger.consent.index import ConsentIndex, open_database
 from medledger.consent.policy import BasePolicy, DecisionEngine
 from medledger.consent.service import ConsentService, CustodianSigner
@@ -51,6 +51,9 @@ class Settings(CommonSettings):
     """Bound on the patients whose compiled consents are held in memory (an LRU whose misses
     read the store); unset holds every patient, loaded at start."""
     check_concurrency: int = Field(default=64, ge=1)
+    # Where consent.check is served; one NATS shared by several organisations needs one
+    # subject per organisation so each organisation's records ask its own consent service.
+    check_subject: str = CHECK_SUBJECT
     """``consent.check`` questions that need the store, answered at once at most."""
 
 
@@ -132,7 +135,12 @@ def build(settings: Settings) -> ServiceApp:
         gc.freeze()
         warmed = True
         app.services = [consent_grpc_service(service)]
-        bus_api = ConsentBusApi(service, bus, max_concurrency=settings.check_concurrency)
+        bus_api = ConsentBusApi(
+            service,
+            bus,
+            max_concurrency=settings.check_concurrency,
+            subject=settings.check_subject,
+        )
         await bus_api.start()
         parts.update(sink=sink, bus_api=bus_api)
         tasks.append(asyncio.create_task(_follow(service, ledger)))

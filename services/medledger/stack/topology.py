@@ -243,6 +243,8 @@ class Topology:
             return {
                 "MEDLEDGER_CUSTODIAN_PRINCIPAL": f"organisations/{organisation}/principals/consent",
                 "MEDLEDGER_CUSTODIAN_KEY_FILE": str(layout.key(organisation, "consent")),
+                # Both hospitals share the local NATS: each answers its own records service.
+                "MEDLEDGER_CHECK_SUBJECT": f"consent.{organisation}.check",
             }
         if service == "records":
             return self._records_env(organisation)
@@ -258,6 +260,7 @@ class Topology:
             "MEDLEDGER_KEK_FILE": str(layout.secret(organisation, "records-kek")),
             "MEDLEDGER_STUDY_KEY_FILE": str(layout.secret(organisation, "records-study")),
             "MEDLEDGER_STORAGE_BACKEND": options.records_backend,
+            "MEDLEDGER_CONSENT_SUBJECT": f"consent.{organisation}.check",
         }
         if options.records_backend == "s3" and options.s3_endpoint:
             env.update(
