@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -16,8 +15,7 @@ from medledger.audit.ingest import EventIngestor
 from medledger.audit.service import AuditLog, LogIdentity
 from medledger.audit.store import open_store
 from medledger.core.audit_events import AuditPublisher
-from medledger.core.auth import Authenticator, CallerIdentity, StaticTokens
-from medledger.core.errors import SettingsError
+from medledger.core.auth import Authenticator, load_static_tokens
 from medledger.core.grpc_server import ReadinessCheck
 from medledger.core.jwt_auth import JwtAuthenticator, NatsIdentityDirectory
 from medledger.core.logging import get_logger
@@ -46,30 +44,6 @@ class Settings(CommonSettings):
     ingest_batch: int = Field(default=2000, ge=1, le=10_000)
     stream_replicas: int = Field(default=1, ge=1, le=5)
     api_tokens_file: Path | None = None
-
-
-def load_api_tokens(path: Path) -> StaticTokens:
-    """Fixed bearer tokens (tests, local stack): token → {principal, org, roles, kind, claims}.
-
-    The file is a secret; mount it, never commit it.
-    """
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        tokens = {
-            token: CallerIdentity(
-                principal_id=str(entry["principal"]),
-                org_id=str(entry["org"]),
-                roles=frozenset(str(r) for r in entry.get("roles", [])),
-                kind=str(entry.get("kind", "")),
-                claims=dict(entry.get("claims", {})),
-            )
-            for token, entry in raw.items()
-        }
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise SettingsError(
-            "BAD_API_TOKENS_FILE", f"MEDLEDGER_API_TOKENS_FILE {path}: {type(exc).__name__}"
-        ) from exc
-    return StaticTokens(tokens)
 
 
 def signing_key(settings: Settings) -> SigningKey:
@@ -109,7 +83,7 @@ def build(settings: Settings) -> ServiceApp:
     servicer = AuditServicer(log, settings.org_id, validators=validators)
     directory = NatsIdentityDirectory()
     authenticator: Authenticator = (
-        load_api_tokens(settings.api_tokens_file)
+        load_static_tokens(settings.api_tokens_file)
         if settings.api_tokens_file
         else JwtAuthenticator(directory)
     )

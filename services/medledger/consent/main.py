@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol
@@ -18,8 +17,11 @@ from medledger.consent.index import ConsentIndex, open_database
 from medledger.consent.policy import BasePolicy, DecisionEngine
 from medledger.consent.service import ConsentService, CustodianSigner
 from medledger.core.audit_events import ensure_audit_stream
-from medledger.core.auth import Authenticator, CallerIdentity, RejectAll, StaticTokens
-from medledger.core.errors import SettingsError
+from medledger.core.auth import (
+    Authenticator,
+    RejectAll,
+    load_static_tokens,
+)
 from medledger.core.grpc_server import ReadinessCheck
 from medledger.core.jwt_auth import JwtAuthenticator, NatsIdentityDirectory
 from medledger.core.logging import get_logger
@@ -57,24 +59,6 @@ class Settings(CommonSettings):
     """``consent.check`` questions that need the store, answered at once at most."""
 
 
-def load_api_tokens(path: Path) -> StaticTokens:
-    """Static bearer tokens (token -> {"principal", "org", "roles", "kind"}) for tests."""
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        tokens = {
-            token: CallerIdentity(
-                principal_id=str(entry["principal"]),
-                org_id=str(entry["org"]),
-                roles=frozenset(str(r) for r in entry.get("roles", [])),
-                kind=str(entry.get("kind", "")),
-            )
-            for token, entry in raw.items()
-        }
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise SettingsError("BAD_API_TOKENS_FILE", f"MEDLEDGER_API_TOKENS_FILE {path}") from exc
-    return StaticTokens(tokens)
-
-
 def build(settings: Settings) -> ServiceApp:
     index = ConsentIndex(
         open_database(settings.database_dsn), cache_size=settings.decision_cache_patients
@@ -96,7 +80,7 @@ def build(settings: Settings) -> ServiceApp:
     directory: NatsIdentityDirectory | None = None
     authenticator: Authenticator = RejectAll()
     if settings.api_tokens_file is not None:
-        authenticator = load_api_tokens(settings.api_tokens_file)
+        authenticator = load_static_tokens(settings.api_tokens_file)
     app = ServiceApp(name="consent", settings=settings, authenticator=authenticator)
     tasks: list[asyncio.Task[None]] = []
     parts: dict[str, object] = {}

@@ -9,12 +9,14 @@ Servicers read the caller with ``current_caller()``.
 from __future__ import annotations
 
 import hmac
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
-from medledger.core.errors import PermissionDenied, Unauthenticated
+from medledger.core.errors import PermissionDenied, SettingsError, Unauthenticated
 
 ANY_AUTHENTICATED = "*"
 """Role that admits any authenticated caller, whatever their roles."""
@@ -190,3 +192,25 @@ def current_caller_or_none() -> CallerIdentity | None:
 def set_current_caller(caller: CallerIdentity | None) -> None:
     """Used by the auth interceptor (and tests of servicers) to set the call's caller."""
     _current_caller.set(caller)
+
+
+def load_static_tokens(path: Path) -> StaticTokens:
+    """Fixed bearer tokens from a JSON file (tests, local experiments): token → {"principal",
+    "org", "roles", "kind", "claims"}. The file is a secret: mount it, never commit it."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        tokens = {
+            token: CallerIdentity(
+                principal_id=str(entry["principal"]),
+                org_id=str(entry["org"]),
+                roles=frozenset(str(r) for r in entry.get("roles", [])),
+                kind=str(entry.get("kind", "")),
+                claims=dict(entry.get("claims", {})),
+            )
+            for token, entry in raw.items()
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise SettingsError(
+            "BAD_API_TOKENS_FILE", f"MEDLEDGER_API_TOKENS_FILE {path}: {type(exc).__name__}"
+        ) from exc
+    return StaticTokens(tokens)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 from pathlib import Path
 from typing import Literal
@@ -13,8 +12,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 
 from medledger.core.audit_events import AuditPublisher, ensure_audit_stream
-from medledger.core.auth import Authenticator, CallerIdentity, StaticTokens
-from medledger.core.errors import SettingsError
+from medledger.core.auth import Authenticator, load_static_tokens
 from medledger.core.grpc_server import ReadinessCheck
 from medledger.core.jwt_auth import JwtAuthenticator, NatsIdentityDirectory
 from medledger.core.logging import get_logger
@@ -140,26 +138,6 @@ def signing_key(settings: Settings) -> SigningKey:
     return load_signing_key(path, passphrase=passphrase)
 
 
-def load_api_tokens(path: Path) -> StaticTokens:
-    """Fixed bearer tokens (tests, local stack): token → {principal, org, roles, kind}."""
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        tokens = {
-            token: CallerIdentity(
-                principal_id=str(entry["principal"]),
-                org_id=str(entry["org"]),
-                roles=frozenset(str(r) for r in entry.get("roles", [])),
-                kind=str(entry.get("kind", "")),
-            )
-            for token, entry in raw.items()
-        }
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise SettingsError(
-            "BAD_API_TOKENS_FILE", f"MEDLEDGER_API_TOKENS_FILE {path}: {type(exc).__name__}"
-        ) from exc
-    return StaticTokens(tokens)
-
-
 async def open_storage(settings: Settings) -> BlobStorage:
     if settings.storage_backend == "dir":
         return DirectoryBlobStorage(settings.blob_dir or settings.data_dir / "blobs")
@@ -192,7 +170,7 @@ def build(settings: Settings) -> ServiceApp:
     api = RecordsApi()
     directory = NatsIdentityDirectory()
     authenticator: Authenticator = (
-        load_api_tokens(settings.api_tokens_file)
+        load_static_tokens(settings.api_tokens_file)
         if settings.api_tokens_file
         else JwtAuthenticator(directory, audience=settings.token_audience)
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from medledger.core.auth import (
@@ -74,3 +76,24 @@ def test_table_rejects_malformed_and_duplicate_methods() -> None:
         AuthorisationTable.of({"Read": {"nurse"}})
     with pytest.raises(ValueError, match="authorised twice"):
         TABLE.merge(AuthorisationTable.of({"/p.S/Read": {"admin"}}))
+
+
+def test_static_tokens_file_loads_and_bad_files_are_named(tmp_path: Path) -> None:
+    import json
+
+    from medledger.core.auth import load_static_tokens
+    from medledger.core.errors import SettingsError
+
+    good = tmp_path / "tokens.json"
+    good.write_text(
+        json.dumps(
+            {"t-1": {"principal": "p/1", "org": "org-a", "roles": ["auditor"], "kind": "auditor"}}
+        )
+    )
+    tokens = load_static_tokens(good)
+    assert isinstance(tokens, StaticTokens)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"t-1": {"org": "org-a"}}')
+    with pytest.raises(SettingsError, match="MEDLEDGER_API_TOKENS_FILE") as info:
+        load_static_tokens(bad)
+    assert info.value.reason == "BAD_API_TOKENS_FILE"
